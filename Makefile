@@ -1,0 +1,41 @@
+# kivla: every target builds the virtual environment first when it is missing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# GPU users: `make TORCH_SPEC="torch>=2.6" ...` or install torch into the venv themselves first.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install test test-all lint format demo bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: install
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+test: install
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-all: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: install
+	$(PY) -m kivla demo --out runs/demo
+
+bench: install
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf runs/ .pytest_cache build *.egg-info
