@@ -31,14 +31,17 @@ def smooth_chunks(
         )
     rng = np.random.default_rng(seed)
     t = np.arange(horizon, dtype=np.float64)  # [H]
-    # Segment boundaries per chunk: 0 = b0 < b1 < … < bS = H − 1 (S varies per chunk, shared by dims).
+    # Segment boundaries per chunk: 0 = b0 < b1 < … < bS = H − 1 (S varies per chunk, shared by
+    # dims). Durations are random weights in [0.5, 1.5], so no segment is shorter than ~1/7 of H.
     segments = rng.integers(1, max_segments + 1, size=n)  # [n]
-    cuts = np.sort(rng.uniform(0.15, 0.85, size=(n, max_segments - 1)), axis=1) * (horizon - 1)
-    cuts = np.where(np.arange(max_segments - 1)[None] < segments[:, None] - 1, cuts, horizon - 1)
-    bounds = np.concatenate([np.zeros((n, 1)), np.sort(cuts, 1), np.full((n, 1), horizon - 1.0)], 1)
+    weights = rng.uniform(0.5, 1.5, size=(n, max_segments))
+    weights[np.arange(max_segments)[None] >= segments[:, None]] = 0.0  # unused: zero length at the end
+    ends = np.cumsum(weights, 1) / weights.sum(1, keepdims=True) * (horizon - 1)
+    bounds = np.concatenate([np.zeros((n, 1)), ends], 1)  # [n, S+1]; unused ones equal H − 1
     waypoints = rng.uniform(-0.75, 0.75, size=(n, max_segments + 1, action_dim))  # [n, S+1, D]
-    # For every step: its segment, and its progress s in [0, 1] inside the segment.
-    index = (t[None, :, None] >= bounds[:, None, 1:-1]).sum(-1)  # [n, H]
+    # For every step: its segment (strict >, so t = H − 1 stays in the last used segment) and its
+    # progress s in [0, 1] inside the segment.
+    index = (t[None, :, None] > bounds[:, None, 1:-1]).sum(-1)  # [n, H]
     start = np.take_along_axis(bounds, index, 1)
     stop = np.take_along_axis(bounds, index + 1, 1)
     s = np.clip((t[None] - start) / np.maximum(stop - start, 1e-9), 0.0, 1.0)
