@@ -209,14 +209,22 @@ def split_valid_ids(
     """Drop ids outside [0, vocab_size) (invalid chunk), or raise naming the chunk when strict."""
     arrays = as_id_arrays(tokens)
     valid = np.ones(len(arrays), dtype=bool)
-    for index, ids in enumerate(arrays):
-        bad = (ids < 0) | (ids >= vocab_size)
-        if bad.any():
+    if not arrays:
+        return arrays, valid
+    # One vectorized range check over the whole batch; only offending chunks are visited.
+    counts = np.array([len(a) for a in arrays], dtype=np.int64)
+    flat = np.concatenate(arrays)
+    bad = (flat < 0) | (flat >= vocab_size)
+    if bad.any():
+        owner = np.repeat(np.arange(len(arrays)), counts)
+        for index in np.unique(owner[bad]):
+            ids = arrays[index]
+            wrong = (ids < 0) | (ids >= vocab_size)
             if strict:
                 raise ValueError(
-                    f"tokens[{index}]: id {int(ids[bad][0])} outside the vocabulary [0, {vocab_size})"
+                    f"tokens[{index}]: id {int(ids[wrong][0])} outside the vocabulary [0, {vocab_size})"
                 )
-            arrays[index] = ids[~bad]
+            arrays[index] = ids[~wrong]
             valid[index] = False
     return arrays, valid
 
