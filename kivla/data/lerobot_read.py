@@ -160,7 +160,7 @@ class LeRobotDataset(torch.utils.data.Dataset):
         if not 0 <= row < len(self):
             raise IndexError(f"index {row} out of range for {len(self)} frames")
         episode = int(self.episode_index[row])
-        start, end = self.episode_rows(episode)
+        _start, end = self.episode_rows(episode)
         steps = np.minimum(np.arange(row, row + self.horizon), end - 1)
         actions = self.actions[steps]  # [H, D]: past the end, the last action repeats
         is_pad = np.arange(row, row + self.horizon) >= end
@@ -190,7 +190,7 @@ class LeRobotDataset(torch.utils.data.Dataset):
             return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
         episode = int(self.episode_index[row])
         frames = self._episode_frames(episode)
-        local = int(round(self.timestamp[row] * self.fps))
+        local = round(self.timestamp[row] * self.fps)
         return frames[min(local, len(frames) - 1)]
 
     def _episode_frames(self, episode: int) -> np.ndarray:
@@ -215,13 +215,13 @@ def decode_frames(path: Path, from_timestamp: float, count: int, fps: float) -> 
     """uint8 [count, H, W, 3]: `count` frames of a video from `from_timestamp` on (by timestamp)."""
     import av
 
-    first = int(round(from_timestamp * fps))
+    first = round(from_timestamp * fps)
     frames: dict[int, np.ndarray] = {}
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         container.seek(int(from_timestamp / stream.time_base), stream=stream, backward=True, any_frame=False)
         for frame in container.decode(stream):
-            k = int(round(frame.time * fps)) - first
+            k = round(frame.time * fps) - first
             if k >= count:
                 break
             if k >= 0:
@@ -248,7 +248,8 @@ def _matrix(column: pa.ChunkedArray, dim: int, name: str) -> np.ndarray:
     lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
     if len(lengths) and (lengths.min() != dim or lengths.max() != dim):
         raise ValueError(
-            f"column {name!r}: expected {dim} values per frame (meta/info.json shape), got {sorted(set(lengths.tolist()))[:5]}"
+            f"column {name!r}: expected {dim} values per frame (meta/info.json shape), "
+            f"got {sorted(set(lengths.tolist()))[:5]}"
         )
     values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float32)
     return values.reshape(len(column), dim)
