@@ -158,7 +158,7 @@ def test_missing_feature_is_named(video_ds, tmp_path):
     info = json.loads((root / "meta/info.json").read_text())
     del info["features"]["observation.state"]
     (root / "meta/info.json").write_text(json.dumps(info))
-    with pytest.raises(ValueError, match="observation.state"):
+    with pytest.raises(ValueError, match=r"observation\.state"):
         LeRobotDataset(root)
 
 
@@ -182,7 +182,7 @@ def test_nan_actions_are_reported(video_ds, tmp_path):
         return table.set_column(table.column_names.index("action"), "action", column)
 
     _rewrite_data(root, poison)
-    with pytest.raises(ValueError, match="NaN.*episode 0 frame 5"):
+    with pytest.raises(ValueError, match=r"NaN.*episode 0 frame 5"):
         LeRobotDataset(root)
 
 

@@ -49,5 +49,5 @@ def test_errors_name_the_problem(tmp_path):
         norm.normalize("action", np.zeros((2, 4)))
     with pytest.raises(ValueError, match="no bounds"):
         norm.normalize("reward", np.zeros(1))
-    with pytest.raises(FileNotFoundError, match="missing.json"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.json"):
         QuantileNormalizer.load(tmp_path / "missing.json")
