@@ -39,14 +39,12 @@ def gradient_audit(policy: KIPolicy, batch: KIBatch, seed: int = 0) -> dict[str,
         part = policy(batch, generator=torch.Generator().manual_seed(seed)).parts[name]
         if part.requires_grad:
             part.backward()
-        report[name] = {
-            group: float(
-                torch.sqrt(
-                    sum((p.grad.double() ** 2).sum() for p in params if p.grad is not None) or torch.zeros(())
-                )
-            )
-            for group, params in groups.items()
-        }
+        report[name] = {group: _norm(params) for group, params in groups.items()}
     policy.zero_grad(set_to_none=True)
     policy.train(was_training)
     return report
+
+
+def _norm(params: list[torch.nn.Parameter]) -> float:
+    squares = [p.grad.double().pow(2).sum() for p in params if p.grad is not None]
+    return float(torch.stack(squares).sum().sqrt()) if squares else 0.0

@@ -16,8 +16,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     audit.add_argument("--recipe", required=True, choices=sorted(RECIPES))
     audit.add_argument("--json", action="store_true", help="print one JSON object")
-    audit.add_argument("--size", choices=("tiny", "test"), default="tiny",
-                       help="tiny: the default tiny VLM (about 5M parameters); test: the unit-test size")  # fmt: skip
+    audit.add_argument(
+        "--size",
+        choices=("tiny", "test"),
+        default="tiny",
+        help="tiny: the default tiny VLM (about 5M parameters); test: the unit-test size",
+    )
     audit.add_argument("--batch-size", type=int, default=8)
     audit.add_argument("--num-language", type=int, default=2, help="language (LM-only) examples in the batch")
     audit.add_argument("--seed", type=int, default=0)
@@ -40,9 +44,10 @@ def run_audit(args: argparse.Namespace) -> int:
     base = tiny_test_config() if args.size == "test" else None
     config = recipe_config(args.recipe, base)
     policy = KIPolicy(config)
-    horizon_prompt = 8 if args.size == "test" else 32
-    batch = synthetic_batch(config, args.batch_size, prompt_len=horizon_prompt, num_language=args.num_language,
-                            seed=args.seed)  # fmt: skip
+    prompt_len = 8 if args.size == "test" else 32
+    batch = synthetic_batch(
+        config, args.batch_size, prompt_len=prompt_len, num_language=args.num_language, seed=args.seed
+    )
     report = gradient_audit(policy, batch, seed=args.seed)
     if args.json:
         print(json.dumps(report))
