@@ -15,7 +15,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from kivla.model.config import BackboneConfig
-from kivla.model.layers import QKVProjection, RMSNorm, SwiGLU, attend
+from kivla.model.layers import QKVProjection, RMSNorm, SwiGLU, attend, rope_tables
 from kivla.model.masks import backbone_attention_mask, following_positions, prefix_positions
 
 
@@ -86,13 +86,13 @@ class DecoderLayer(nn.Module):
         super().__init__()
         c = config
         self.attn_norm = RMSNorm(c.width)
-        self.attn = QKVProjection(c.width, c.num_heads, c.num_kv_heads, c.head_dim, c.rope_theta)
+        self.attn = QKVProjection(c.width, c.num_heads, c.num_kv_heads, c.head_dim)
         self.mlp_norm = RMSNorm(c.width)
         self.mlp = SwiGLU(c.width, c.mlp_hidden)
 
-    def forward(self, x: Tensor, positions: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x [B, N, W] -> (x, k [B, kv, N, hd], v [B, kv, N, hd])."""
-        q, k, v = self.attn(self.attn_norm(x), positions)
+        q, k, v = self.attn(self.attn_norm(x), rope)
         x = x + self.attn.out(attend(q, k, v, mask))
         x = x + self.mlp(self.mlp_norm(x))
         return x, k, v
@@ -131,9 +131,10 @@ class TinyVLM(Backbone):
         else:
             suffix_mask = prefix_valid[:, :0]
         mask = backbone_attention_mask(prefix_valid, suffix_mask)
+        rope = rope_tables(positions, self.head_dim, self.rope_theta, x.dtype)
         keys, values = [], []
         for layer in self.layers:
-            x, k, v = layer(x, positions, mask)
+            x, k, v = layer(x, rope, mask)
             keys.append(k[:, :, :num_prefix])
             values.append(v[:, :, :num_prefix])
         suffix_hidden = self.final_norm(x[:, num_prefix:]) if x.shape[1] > num_prefix else None

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from kivla.model.backbone import Backbone, PrefixCache
 from kivla.model.config import ExpertConfig
-from kivla.model.layers import AdaRMSNorm, QKVProjection, SwiGLU, attend
+from kivla.model.layers import QKVProjection, SwiGLU, ada_rms_norm, attend, rope_tables
 from kivla.model.masks import expert_attention_mask
 
 
@@ -27,24 +27,28 @@ def time_embedding(t: Tensor, dim: int, min_period: float = 4e-3, max_period: fl
 
 
 class ExpertLayer(nn.Module):
-    def __init__(self, config: ExpertConfig, num_kv_heads: int, head_dim: int, theta: float) -> None:
+    def __init__(self, config: ExpertConfig, num_kv_heads: int, head_dim: int) -> None:
         super().__init__()
         c = config
-        self.attn_norm = AdaRMSNorm(c.width, c.width)
-        self.attn = QKVProjection(c.width, c.num_heads, num_kv_heads, head_dim, theta)
-        self.mlp_norm = AdaRMSNorm(c.width, c.width)
+        self.attn = QKVProjection(c.width, c.num_heads, num_kv_heads, head_dim)
         self.mlp = SwiGLU(c.width, c.mlp_hidden)
 
     def forward(
-        self, x: Tensor, cond: Tensor, positions: Tensor, prefix_k: Tensor, prefix_v: Tensor, mask: Tensor
+        self,
+        x: Tensor,
+        modulation: Tensor,  # [B, 2, 3·W]: attention and MLP norms
+        rope: tuple[Tensor, Tensor],
+        prefix_k: Tensor,
+        prefix_v: Tensor,
+        mask: Tensor,
     ) -> Tensor:
         """x [B, E, W]; prefix_k/v [B, kv, Np, hd]; mask [B, E, Np + E]."""
-        h, gate = self.attn_norm(x, cond)
-        q, k, v = self.attn(h, positions)
+        h, gate = ada_rms_norm(x, modulation[:, 0])
+        q, k, v = self.attn(h, rope)
         keys = torch.cat([prefix_k, k], dim=2)
         values = torch.cat([prefix_v, v], dim=2)
         x = x + gate * self.attn.out(attend(q, keys, values, mask))
-        h, gate = self.mlp_norm(x, cond)
+        h, gate = ada_rms_norm(x, modulation[:, 1])
         return x + gate * self.mlp(h)
 
 
@@ -61,11 +65,16 @@ class ActionExpert(nn.Module):
         )
         self.state_in = nn.Linear(c.state_dim, c.width) if state_token else None
         self.layers = nn.ModuleList(
-            ExpertLayer(c, backbone.num_kv_heads, backbone.head_dim, backbone.rope_theta)
-            for _ in range(backbone.num_layers)
+            ExpertLayer(c, backbone.num_kv_heads, backbone.head_dim) for _ in range(backbone.num_layers)
         )
-        self.final_norm = AdaRMSNorm(c.width, c.width)
+        # One projection gives every adaptive norm its (scale, shift, gate): 2 a layer + the final
+        # one; computed once a call instead of once a norm. Zero-init: plain RMSNorm at the start.
+        self.num_norms = 2 * backbone.num_layers + 1
+        self.modulation = nn.Linear(c.width, self.num_norms * 3 * c.width)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
         self.action_out = nn.Linear(c.width, c.action_dim)
+        self.head_dim, self.rope_theta = backbone.head_dim, backbone.rope_theta
 
     def forward(
         self, cache: PrefixCache, noisy_actions: Tensor, t: Tensor, state: Tensor | None = None
@@ -84,7 +93,9 @@ class ActionExpert(nn.Module):
         # Expert positions continue after the valid prefix; the suffix never enters this stream.
         start = cache.valid.long().sum(dim=1, keepdim=True)
         positions = start + torch.arange(num_expert, device=x.device)[None]
-        for layer, k, v in zip(self.layers, cache.keys, cache.values, strict=True):
-            x = layer(x, cond, positions, k, v, mask)
-        h, _ = self.final_norm(x, cond)
+        rope = rope_tables(positions, self.head_dim, self.rope_theta, x.dtype)
+        modulation = self.modulation(cond).view(x.shape[0], self.num_norms, -1)
+        for i, (layer, k, v) in enumerate(zip(self.layers, cache.keys, cache.values, strict=True)):
+            x = layer(x, modulation[:, 2 * i : 2 * i + 2], rope, k, v, mask)
+        h, _ = ada_rms_norm(x, modulation[:, -1])
         return self.action_out(h[:, num_expert - noisy_actions.shape[1] :])

@@ -1,6 +1,6 @@
 import torch
 
-from kivla.model.layers import AdaRMSNorm, RMSNorm, apply_rope, attend
+from kivla.model.layers import RMSNorm, ada_rms_norm, apply_rope, attend, rope_tables
 
 
 def test_rope_scores_depend_only_on_relative_position():
@@ -8,8 +8,8 @@ def test_rope_scores_depend_only_on_relative_position():
     q, k = torch.randn(1, 1, 1, 8, generator=g), torch.randn(1, 1, 1, 8, generator=g)
 
     def score(pq, pk):
-        rq = apply_rope(q, torch.tensor([[pq]]), 10_000.0)
-        rk = apply_rope(k, torch.tensor([[pk]]), 10_000.0)
+        rq = apply_rope(q, rope_tables(torch.tensor([[pq]]), 8, 10_000.0, q.dtype))
+        rk = apply_rope(k, rope_tables(torch.tensor([[pk]]), 8, 10_000.0, k.dtype))
         return (rq * rk).sum().item()
 
     assert abs(score(3, 1) - score(10, 8)) < 1e-4
@@ -17,10 +17,13 @@ def test_rope_scores_depend_only_on_relative_position():
 
 
 def test_ada_rmsnorm_starts_as_rmsnorm_with_unit_gate():
-    x, cond = torch.randn(2, 3, 6), torch.randn(2, 4)
-    normed, gate = AdaRMSNorm(6, 4)(x, cond)
+    x = torch.randn(2, 3, 6)
+    normed, gate = ada_rms_norm(x, torch.zeros(2, 18))
     torch.testing.assert_close(normed, RMSNorm(6)(x))
     assert torch.equal(gate, torch.ones_like(gate))
+    scale_shift_gate = torch.cat([torch.full((2, 6), 1.0), torch.full((2, 6), 0.5), torch.zeros(2, 6)], dim=1)
+    normed, _ = ada_rms_norm(x, scale_shift_gate)
+    torch.testing.assert_close(normed, 2.0 * RMSNorm(6)(x) + 0.5)
 
 
 def test_grouped_query_attention_equals_repeated_kv():
