@@ -111,5 +111,5 @@ def test_config_errors_name_the_field(field, value):
 
 
 def test_batch_must_split_over_ranks():
-    with pytest.raises(ValueError, match="TrainConfig.batch_size"):
+    with pytest.raises(ValueError, match=r"TrainConfig\.batch_size"):
         cfg(batch_size=6, grad_accum=4).micro_batch_size(world_size=1)

@@ -25,7 +25,7 @@ class MetricsLogger:
             return
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+        self._jsonl = open(run_dir / "metrics.jsonl", "a")  # closed in close()
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
