@@ -1,0 +1,156 @@
+"""The backbone interface and the built-in tiny VLM.
+
+A backbone runs [image tokens, prompt | suffix] once and yields what the action expert reads: each
+layer's prefix keys/values (after RoPE) and the prefix validity mask, plus the hidden states of the
+suffix (FAST / answer tokens) for the LM head. The expert never appears here: by construction no
+backbone token can see an expert token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from kivla.model.config import BackboneConfig
+from kivla.model.layers import QKVProjection, RMSNorm, SwiGLU, attend, rope_tables
+from kivla.model.masks import backbone_attention_mask, following_positions, prefix_positions
+
+
+@dataclass
+class PrefixCache:
+    """What the expert reads: per layer prefix K and V [B, kv_heads, Np, head_dim], valid [B, Np]."""
+
+    keys: list[Tensor]
+    values: list[Tensor]
+    valid: Tensor  # bool [B, Np]
+
+    def detach(self) -> PrefixCache:
+        """Stop-gradient on K/V: the forward pass is identical, the backward pass stops here."""
+        return PrefixCache([k.detach() for k in self.keys], [v.detach() for v in self.values], self.valid)
+
+    def repeat(self, k: int) -> PrefixCache:
+        """Each example k times along the batch (k flow times share one backbone pass)."""
+        if k == 1:
+            return self
+        rep = lambda x: x.repeat_interleave(k, dim=0)  # noqa: E731
+        return PrefixCache([rep(x) for x in self.keys], [rep(x) for x in self.values], rep(self.valid))
+
+    def select(self, index: Tensor) -> PrefixCache:
+        """The examples at `index` (long [B'])."""
+        return PrefixCache([x[index] for x in self.keys], [x[index] for x in self.values], self.valid[index])
+
+
+@dataclass
+class BackboneOutput:
+    cache: PrefixCache
+    suffix_hidden: Tensor | None  # [B, Ls, W] final-normed hidden states of the suffix, None if Ls = 0
+
+
+class Backbone(nn.Module):
+    """Interface every backbone implements (built-in tiny VLM, HF adapters).
+
+    Attributes the expert needs: `num_layers`, `num_kv_heads`, `head_dim`, `vocab_size`, `rope_theta`.
+    """
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    rope_theta: float
+
+    def forward(
+        self,
+        images: Tensor,  # float [B, 3, S, S] in [0, 1]
+        image_mask: Tensor,  # bool [B]: False for examples without an image
+        prefix_ids: Tensor,  # long [B, Lp]
+        prefix_mask: Tensor,  # bool [B, Lp]
+        suffix_ids: Tensor | None = None,  # long [B, Ls]
+        suffix_mask: Tensor | None = None,  # bool [B, Ls]
+    ) -> BackboneOutput:
+        raise NotImplementedError
+
+    def lm_logits(self, hidden: Tensor) -> Tensor:
+        """[..., W] -> [..., vocab_size]."""
+        raise NotImplementedError
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """{"backbone": body parameters, "embeddings": token embeddings and LM head}."""
+        raise NotImplementedError
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        c = config
+        self.attn_norm = RMSNorm(c.width)
+        self.attn = QKVProjection(c.width, c.num_heads, c.num_kv_heads, c.head_dim)
+        self.mlp_norm = RMSNorm(c.width)
+        self.mlp = SwiGLU(c.width, c.mlp_hidden)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x [B, N, W] -> (x, k [B, kv, N, hd], v [B, kv, N, hd])."""
+        q, k, v = self.attn(self.attn_norm(x), rope)
+        x = x + self.attn.out(attend(q, k, v, mask))
+        x = x + self.mlp(self.mlp_norm(x))
+        return x, k, v
+
+
+class TinyVLM(Backbone):
+    """Patch embedding + decoder-only transformer with a tied LM head (a few million parameters)."""
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.num_layers, self.num_kv_heads, self.head_dim = c.depth, c.num_kv_heads, c.head_dim
+        self.vocab_size, self.rope_theta = c.vocab_size, c.rope_theta
+        self.patch_embed = nn.Conv2d(3, c.width, kernel_size=c.patch_size, stride=c.patch_size)
+        self.image_pos = nn.Parameter(torch.randn(c.num_image_tokens, c.width) * 0.02)
+        self.token_embed = nn.Embedding(c.vocab_size, c.width)
+        nn.init.normal_(self.token_embed.weight, std=0.02)
+        self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.depth))
+        self.final_norm = RMSNorm(c.width)
+
+    def embed_prefix(self, images: Tensor, image_mask: Tensor, prefix_ids: Tensor, prefix_mask: Tensor):
+        """-> (embeddings [B, Np, W], valid [B, Np]) with Np = image tokens + Lp."""
+        patches = rearrange(self.patch_embed(images * 2.0 - 1.0), "b w h v -> b (h v) w") + self.image_pos
+        tokens = self.token_embed(prefix_ids)
+        image_valid = image_mask[:, None].expand(-1, patches.shape[1])
+        return torch.cat([patches, tokens], dim=1), torch.cat([image_valid, prefix_mask], dim=1)
+
+    def forward(self, images, image_mask, prefix_ids, prefix_mask, suffix_ids=None, suffix_mask=None):
+        x, prefix_valid = self.embed_prefix(images, image_mask, prefix_ids, prefix_mask)
+        num_prefix = x.shape[1]
+        positions = prefix_positions(prefix_valid)
+        if suffix_ids is not None and suffix_ids.shape[1] > 0:
+            x = torch.cat([x, self.token_embed(suffix_ids)], dim=1)
+            positions = torch.cat([positions, following_positions(prefix_valid, suffix_mask)], dim=1)
+        else:
+            suffix_mask = prefix_valid[:, :0]
+        mask = backbone_attention_mask(prefix_valid, suffix_mask)
+        rope = rope_tables(positions, self.head_dim, self.rope_theta, x.dtype)
+        keys, values = [], []
+        for layer in self.layers:
+            x, k, v = layer(x, rope, mask)
+            keys.append(k[:, :, :num_prefix])
+            values.append(v[:, :, :num_prefix])
+        suffix_hidden = self.final_norm(x[:, num_prefix:]) if x.shape[1] > num_prefix else None
+        return BackboneOutput(PrefixCache(keys, values, prefix_valid), suffix_hidden)
+
+    def lm_logits(self, hidden: Tensor) -> Tensor:
+        return hidden @ self.token_embed.weight.T  # tied head, as in PaliGemma
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        embeddings = [self.token_embed.weight]
+        body = [p for n, p in self.named_parameters() if not n.startswith("token_embed")]
+        return {"backbone": body, "embeddings": embeddings}
+
+
+def build_backbone(config: BackboneConfig) -> Backbone:
+    """The backbone named by `config.kind`."""
+    if config.kind == "tiny":
+        return TinyVLM(config)
+    raise ValueError(f"BackboneConfig.kind: unknown backbone {config.kind!r}")

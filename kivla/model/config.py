@@ -1,0 +1,196 @@
+"""Configs of the policy (backbone, action expert, recipe) and the named recipe presets.
+
+The recipe is configuration, not code paths: `insulate`, the three loss weights, `discrete_target`
+and `freeze_backbone` are plain fields, and `RECIPES` names the presets compared in the KI paper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+DISCRETE_TARGETS = ("fast", "binning", "wavelet", "vq", "none")
+STATE_INPUTS = ("prompt", "token", "none")
+BACKBONE_KINDS = ("tiny",)
+
+
+def _positive(owner: str, **values: int | float) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ValueError(f"{owner}.{name}: expected > 0, got {value}")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """The built-in tiny VLM: patch embedding + decoder transformer (RMSNorm, RoPE, SwiGLU, GQA)."""
+
+    kind: str = "tiny"
+    vocab_size: int = 2048  # text + state bins + action tokens (see batch.VocabLayout)
+    width: int = 256
+    depth: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 64
+    mlp_hidden: int = 704
+    image_size: int = 64
+    patch_size: int = 8
+    rope_theta: float = 10_000.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in BACKBONE_KINDS:
+            raise ValueError(f"BackboneConfig.kind: expected one of {BACKBONE_KINDS}, got {self.kind!r}")
+        _positive(
+            "BackboneConfig",
+            vocab_size=self.vocab_size,
+            width=self.width,
+            depth=self.depth,
+            num_heads=self.num_heads,
+            num_kv_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            mlp_hidden=self.mlp_hidden,
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+        )
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"BackboneConfig.num_kv_heads: must divide num_heads={self.num_heads}, "
+                f"got {self.num_kv_heads}"
+            )
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"BackboneConfig.patch_size: must divide image_size={self.image_size}, got {self.patch_size}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"BackboneConfig.head_dim: must be even for RoPE, got {self.head_dim}")
+
+    @property
+    def num_image_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    """The action expert. Depth, head_dim and kv heads come from the backbone (shared attention)."""
+
+    width: int = 128
+    num_heads: int = 4  # query heads; must be a multiple of the backbone's kv heads
+    mlp_hidden: int = 384
+    horizon: int = 50  # H, action steps a chunk
+    action_dim: int = 7  # D
+    state_dim: int = 8  # used when the state enters as a token
+    time_embedding_dim: int = 128
+
+    def __post_init__(self) -> None:
+        _positive(
+            "ExpertConfig",
+            width=self.width,
+            num_heads=self.num_heads,
+            mlp_hidden=self.mlp_hidden,
+            horizon=self.horizon,
+            action_dim=self.action_dim,
+            state_dim=self.state_dim,
+            time_embedding_dim=self.time_embedding_dim,
+        )
+        if self.time_embedding_dim % 2:
+            raise ValueError(f"ExpertConfig.time_embedding_dim: must be even, got {self.time_embedding_dim}")
+
+
+@dataclass(frozen=True)
+class KIPolicyConfig:
+    """Backbone + expert + the recipe (gradient routing and loss weights)."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+    insulate: bool = True  # stop-gradient on the backbone K/V where the expert reads them
+    flow_weight: float = 1.0
+    fast_weight: float = 1.0
+    lm_weight: float = 1.0
+    discrete_target: str = "fast"  # which tokenizer gives the suffix targets; "none": no such loss
+    freeze_backbone: bool = False
+    flow_samples_per_example: int = 1  # k flow times per example, one backbone pass
+    state_input: str = "prompt"  # "prompt": 256-bin tokens in the prompt (pi0.5); "token": expert token
+    require_image: bool = True  # robot examples (flow or FAST loss) must carry an image
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.backbone, BackboneConfig):
+            raise ValueError(f"KIPolicyConfig.backbone: expected BackboneConfig, got {type(self.backbone)}")
+        if not isinstance(self.expert, ExpertConfig):
+            raise ValueError(f"KIPolicyConfig.expert: expected ExpertConfig, got {type(self.expert)}")
+        for name in ("flow_weight", "fast_weight", "lm_weight"):
+            value = getattr(self, name)
+            if not value >= 0:  # also rejects NaN
+                raise ValueError(f"KIPolicyConfig.{name}: expected >= 0, got {value}")
+        if self.discrete_target not in DISCRETE_TARGETS:
+            raise ValueError(
+                f"KIPolicyConfig.discrete_target: expected one of {DISCRETE_TARGETS}, "
+                f"got {self.discrete_target!r}"
+            )
+        if self.state_input not in STATE_INPUTS:
+            raise ValueError(
+                f"KIPolicyConfig.state_input: expected one of {STATE_INPUTS}, got {self.state_input!r}"
+            )
+        if self.flow_samples_per_example < 1:
+            raise ValueError(
+                f"KIPolicyConfig.flow_samples_per_example: expected >= 1, got {self.flow_samples_per_example}"
+            )
+        if self.expert.num_heads % self.backbone.num_kv_heads:
+            raise ValueError(
+                f"ExpertConfig.num_heads: must be a multiple of the backbone's num_kv_heads="
+                f"{self.backbone.num_kv_heads}, got {self.expert.num_heads}"
+            )
+
+    @property
+    def uses_discrete_loss(self) -> bool:
+        return self.discrete_target != "none" and self.fast_weight > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> KIPolicyConfig:
+        data = dict(data)
+        backbone = BackboneConfig(**data.pop("backbone", {}))
+        expert = ExpertConfig(**data.pop("expert", {}))
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"KIPolicyConfig: unknown fields {sorted(unknown)}")
+        return cls(backbone=backbone, expert=expert, **data)
+
+
+# The presets of the KI paper's comparison. Only recipe fields; the architecture is untouched.
+RECIPES: dict[str, dict[str, Any]] = {
+    # pi0-style: flow gradient flows into the backbone, no discrete target.
+    "naive": dict(insulate=False, discrete_target="none", fast_weight=0.0, flow_weight=1.0, lm_weight=1.0,
+                  freeze_backbone=False),
+    # stop-gradient alone: the backbone only learns from language data.
+    "stopgrad": dict(insulate=True, discrete_target="none", fast_weight=0.0, flow_weight=1.0, lm_weight=1.0,
+                     freeze_backbone=False),
+    # FAST co-training without insulation.
+    "joint_fast": dict(insulate=False, discrete_target="fast", fast_weight=1.0, flow_weight=1.0,
+                       lm_weight=1.0, freeze_backbone=False),
+    # Knowledge Insulation: stop-gradient + FAST cross-entropy into the backbone.
+    "ki": dict(insulate=True, discrete_target="fast", fast_weight=1.0, flow_weight=1.0, lm_weight=1.0,
+               freeze_backbone=False),
+    # Frozen VLM: only the expert trains.
+    "frozen": dict(insulate=True, discrete_target="none", fast_weight=0.0, flow_weight=1.0, lm_weight=0.0,
+                   freeze_backbone=True),
+}  # fmt: skip
+
+
+def recipe_config(name: str, base: KIPolicyConfig | None = None, **overrides: Any) -> KIPolicyConfig:
+    """The config of preset `name` on top of `base` (default architecture when None)."""
+    if name not in RECIPES:
+        raise ValueError(f"recipe: expected one of {sorted(RECIPES)}, got {name!r}")
+    return dataclasses.replace(base or KIPolicyConfig(), **{**RECIPES[name], **overrides})
+
+
+def tiny_test_config(**overrides: Any) -> KIPolicyConfig:
+    """A very small config for unit tests (a few thousand parameters, milliseconds a step)."""
+    backbone = BackboneConfig(
+        vocab_size=64, width=32, depth=2, num_heads=2, num_kv_heads=1, head_dim=16, mlp_hidden=64,
+        image_size=16, patch_size=8,
+    )  # fmt: skip
+    expert = ExpertConfig(width=24, num_heads=2, mlp_hidden=48, horizon=4, action_dim=3, state_dim=2,
+                          time_embedding_dim=16)  # fmt: skip
+    return dataclasses.replace(KIPolicyConfig(backbone=backbone, expert=expert), **overrides)

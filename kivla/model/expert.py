@@ -1,0 +1,101 @@
+"""The action expert: a smaller transformer, one layer per backbone layer, reading the backbone.
+
+In layer i, the expert's queries attend over [backbone prefix K/V of layer i ; expert K/V of layer
+i] (shared attention, separate weights). Flow time t enters through adaptive RMSNorm (pi0.5). The
+expert's tokens are the H noisy action steps, optionally preceded by one state token.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from kivla.model.backbone import Backbone, PrefixCache
+from kivla.model.config import ExpertConfig
+from kivla.model.layers import QKVProjection, SwiGLU, ada_rms_norm, attend, rope_tables
+from kivla.model.masks import expert_attention_mask
+
+
+def time_embedding(t: Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0) -> Tensor:
+    """Sinusoidal embedding of t [B] in [0, 1] -> [B, dim] (periods as in openpi)."""
+    fraction = torch.linspace(0.0, 1.0, dim // 2, device=t.device, dtype=torch.float32)
+    period = min_period * (max_period / min_period) ** fraction
+    angles = t.to(torch.float32)[:, None] * (2 * math.pi / period)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class ExpertLayer(nn.Module):
+    def __init__(self, config: ExpertConfig, num_kv_heads: int, head_dim: int) -> None:
+        super().__init__()
+        c = config
+        self.attn = QKVProjection(c.width, c.num_heads, num_kv_heads, head_dim)
+        self.mlp = SwiGLU(c.width, c.mlp_hidden)
+
+    def forward(
+        self,
+        x: Tensor,
+        modulation: Tensor,  # [B, 2, 3·W]: attention and MLP norms
+        rope: tuple[Tensor, Tensor],
+        prefix_k: Tensor,
+        prefix_v: Tensor,
+        mask: Tensor,
+    ) -> Tensor:
+        """x [B, E, W]; prefix_k/v [B, kv, Np, hd]; mask [B, E, Np + E]."""
+        h, gate = ada_rms_norm(x, modulation[:, 0])
+        q, k, v = self.attn(h, rope)
+        keys = torch.cat([prefix_k, k], dim=2)
+        values = torch.cat([prefix_v, v], dim=2)
+        x = x + gate * self.attn.out(attend(q, keys, values, mask))
+        h, gate = ada_rms_norm(x, modulation[:, 1])
+        return x + gate * self.mlp(h)
+
+
+class ActionExpert(nn.Module):
+    """v_theta(x_t, t | prefix): velocity of the flow for an action chunk [B, H, D]."""
+
+    def __init__(self, config: ExpertConfig, backbone: Backbone, state_token: bool = False) -> None:
+        super().__init__()
+        c = config
+        self.config, self.state_token = config, state_token
+        self.action_in = nn.Linear(c.action_dim, c.width)
+        self.time_mlp = nn.Sequential(
+            nn.Linear(c.time_embedding_dim, c.width), nn.SiLU(), nn.Linear(c.width, c.width), nn.SiLU()
+        )
+        self.state_in = nn.Linear(c.state_dim, c.width) if state_token else None
+        self.layers = nn.ModuleList(
+            ExpertLayer(c, backbone.num_kv_heads, backbone.head_dim) for _ in range(backbone.num_layers)
+        )
+        # One projection gives every adaptive norm its (scale, shift, gate): 2 a layer + the final
+        # one; computed once a call instead of once a norm. Zero-init: plain RMSNorm at the start.
+        self.num_norms = 2 * backbone.num_layers + 1
+        self.modulation = nn.Linear(c.width, self.num_norms * 3 * c.width)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+        self.action_out = nn.Linear(c.width, c.action_dim)
+        self.head_dim, self.rope_theta = backbone.head_dim, backbone.rope_theta
+
+    def forward(
+        self, cache: PrefixCache, noisy_actions: Tensor, t: Tensor, state: Tensor | None = None
+    ) -> Tensor:
+        """cache: per-layer prefix K/V [B, ...]; noisy_actions [B, H, D]; t [B]; state [B, S] -> [B, H, D]."""
+        if len(cache.keys) != len(self.layers):
+            raise ValueError(f"cache: expected {len(self.layers)} layers of K/V, got {len(cache.keys)}")
+        cond = self.time_mlp(time_embedding(t, self.config.time_embedding_dim).to(noisy_actions.dtype))
+        x = self.action_in(noisy_actions)  # [B, H, W]
+        if self.state_in is not None:
+            if state is None:
+                raise ValueError("state: required when the state enters as an expert token")
+            x = torch.cat([self.state_in(state)[:, None], x], dim=1)
+        num_expert = x.shape[1]
+        mask = expert_attention_mask(cache.valid, num_expert)
+        # Expert positions continue after the valid prefix; the suffix never enters this stream.
+        start = cache.valid.long().sum(dim=1, keepdim=True)
+        positions = start + torch.arange(num_expert, device=x.device)[None]
+        rope = rope_tables(positions, self.head_dim, self.rope_theta, x.dtype)
+        modulation = self.modulation(cond).view(x.shape[0], self.num_norms, -1)
+        for i, (layer, k, v) in enumerate(zip(self.layers, cache.keys, cache.values, strict=True)):
+            x = layer(x, modulation[:, 2 * i : 2 * i + 2], rope, k, v, mask)
+        h, _ = ada_rms_norm(x, modulation[:, -1])
+        return self.action_out(h[:, num_expert - noisy_actions.shape[1] :])

@@ -1,0 +1,191 @@
+"""`KIPolicy`: backbone + action expert, the three losses, and cached flow sampling.
+
+Training runs the backbone once over [image, prompt | suffix]; the expert reads each layer's prefix
+K/V (detached when `insulate`), so the flow loss reaches the backbone only without insulation and
+the FAST / answer tokens are never in what the expert reads. Sampling encodes the prefix once and
+reuses its K/V for every Euler step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kivla.model import flow
+from kivla.model.backbone import BackboneOutput, PrefixCache, build_backbone
+from kivla.model.batch import KIBatch
+from kivla.model.config import KIPolicyConfig
+from kivla.model.expert import ActionExpert
+
+LOSS_NAMES = ("flow", "fast", "lm")
+
+
+@dataclass
+class LossOutput:
+    total: Tensor  # scalar: flow_weight·flow + fast_weight·fast + lm_weight·lm
+    parts: dict[str, Tensor]  # unweighted scalar per loss name; 0 when no example carries it
+
+
+class KIPolicy(nn.Module):
+    def __init__(self, config: KIPolicyConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = build_backbone(config.backbone)
+        self.expert = ActionExpert(config.expert, self.backbone, state_token=config.state_input == "token")
+        d = config.expert.action_dim
+        # Quantile bounds per action dim (q01 -> -1, q99 -> +1); -1 / +1 is the identity.
+        self.register_buffer("action_low", -torch.ones(d))
+        self.register_buffer("action_high", torch.ones(d))
+        if config.freeze_backbone:
+            self.backbone.requires_grad_(False)
+
+    # -- normalization ---------------------------------------------------------------------------
+    def set_action_bounds(self, q01: Tensor, q99: Tensor) -> None:
+        """Bounds used by `sample_actions` to unnormalize (e.g. stats["action"]["q01"/"q99"])."""
+        d = self.config.expert.action_dim
+        q01, q99 = torch.as_tensor(q01, dtype=torch.float32), torch.as_tensor(q99, dtype=torch.float32)
+        if q01.shape != (d,) or q99.shape != (d,):
+            raise ValueError(
+                f"action bounds: expected q01 and q99 of shape [{d}], got {q01.shape}, {q99.shape}"
+            )
+        if not torch.isfinite(q01).all() or not torch.isfinite(q99).all():
+            raise ValueError("action bounds: q01 / q99 contain NaN or inf")
+        self.action_low.copy_(q01)
+        self.action_high.copy_(q99)
+
+    def unnormalize_actions(self, actions: Tensor) -> Tensor:
+        """[-1, 1] -> [q01, q99] per dim."""
+        return (actions + 1.0) * 0.5 * (self.action_high - self.action_low) + self.action_low
+
+    # -- validation ------------------------------------------------------------------------------
+    def validate(self, batch: KIBatch, targets: bool) -> None:
+        """ValueError naming the field when the batch does not fit this policy."""
+        c = self.config
+        b, s = batch.batch_size, c.backbone.image_size
+        if batch.images.shape != (b, 3, s, s):
+            raise ValueError(f"images: expected [B, 3, {s}, {s}], got {list(batch.images.shape)}")
+        for name in ("images", "state"):
+            if not torch.isfinite(getattr(batch, name)).all():
+                raise ValueError(f"{name}: contains NaN or inf")
+        vocab = c.backbone.vocab_size
+        for name in ("prefix_ids", "suffix_ids"):
+            ids = getattr(batch, name)
+            if ids.numel() and (ids.min() < 0 or ids.max() >= vocab):
+                raise ValueError(
+                    f"{name}: ids must be in [0, {vocab}) (backbone vocab_size), got max {ids.max()}"
+                )
+        if c.state_input == "token" and batch.state.shape != (b, c.expert.state_dim):
+            raise ValueError(f"state: expected [B, {c.expert.state_dim}], got {list(batch.state.shape)}")
+        needs_image = torch.ones(b, dtype=torch.bool)
+        if targets:
+            h, d = c.expert.horizon, c.expert.action_dim
+            if batch.actions is None or batch.action_is_pad is None:
+                raise ValueError("actions: a training batch needs actions and action_is_pad")
+            if batch.actions.shape != (b, h, d):
+                raise ValueError(
+                    f"actions: expected [B, H={h}, D={d}] (action dim {d}), got {list(batch.actions.shape)}"
+                )
+            if not torch.isfinite(batch.actions).all():
+                raise ValueError("actions: contains NaN or inf")
+            if batch.action_is_pad.shape != (b, h):
+                raise ValueError(f"action_is_pad: expected [B, {h}], got {list(batch.action_is_pad.shape)}")
+            needs_image = batch.loss_mask["flow"] | batch.loss_mask["fast"]
+        if c.require_image:
+            missing = (needs_image & ~batch.image_mask).nonzero().flatten().tolist()
+            if missing:
+                raise ValueError(
+                    f"images: examples {missing} need an image (require_image=True) but have none"
+                )
+
+    # -- forward ---------------------------------------------------------------------------------
+    def _encode(self, batch: KIBatch, with_suffix: bool) -> BackboneOutput:
+        suffix = (batch.suffix_ids, batch.suffix_mask) if with_suffix else (None, None)
+        return self.backbone(batch.images, batch.image_mask, batch.prefix_ids, batch.prefix_mask, *suffix)
+
+    def _expert_reads(self, cache: PrefixCache) -> PrefixCache:
+        # The one place where insulation happens: the forward pass is unchanged.
+        return cache.detach() if self.config.insulate else cache
+
+    def velocity(self, batch: KIBatch, noisy_actions: Tensor, t: Tensor) -> Tensor:
+        """v_theta [B, H, D] at (x_t, t), with the backbone run over the batch's prefix and suffix."""
+        cache = self._expert_reads(self._encode(batch, with_suffix=True).cache)
+        return self.expert(cache, noisy_actions, t, batch.state)
+
+    def forward(self, batch: KIBatch, generator: torch.Generator | None = None) -> LossOutput:
+        """All losses of a batch; `generator` seeds flow times and noise."""
+        self.validate(batch, targets=True)
+        c = self.config
+        wants = {
+            "fast": c.uses_discrete_loss
+            and bool((batch.suffix_loss["fast"] & batch.loss_mask["fast"][:, None]).any()),
+            "lm": c.lm_weight > 0 and bool((batch.suffix_loss["lm"] & batch.loss_mask["lm"][:, None]).any()),
+        }
+        out = self._encode(batch, with_suffix=wants["fast"] or wants["lm"])
+        zero = batch.images.new_zeros(())
+        parts = {"flow": self._flow_loss(batch, out.cache, generator) if c.flow_weight > 0 else zero}
+        for name in ("fast", "lm"):
+            parts[name] = self._token_loss(batch, out, name) if wants[name] else zero
+        total = c.flow_weight * parts["flow"] + c.fast_weight * parts["fast"] + c.lm_weight * parts["lm"]
+        if not total.requires_grad:  # a batch with nothing to learn still supports backward()
+            total = total + 0.0 * next(self.expert.parameters()).sum()
+        return LossOutput(total, parts)
+
+    def _flow_loss(self, batch: KIBatch, cache: PrefixCache, generator: torch.Generator | None) -> Tensor:
+        rows = batch.loss_mask["flow"].nonzero().flatten()
+        if rows.numel() == 0:
+            return batch.images.new_zeros(())
+        k = self.config.flow_samples_per_example
+        cache = self._expert_reads(cache.select(rows)).repeat(k)
+        actions = batch.actions[rows].repeat_interleave(k, dim=0)  # [B'k, H, D]
+        valid = ~batch.action_is_pad[rows].repeat_interleave(k, dim=0)  # [B'k, H]
+        state = batch.state[rows].repeat_interleave(k, dim=0)
+        noise = torch.randn(actions.shape, generator=generator, dtype=actions.dtype)
+        t = flow.sample_time(actions.shape[0], generator=generator).to(actions.dtype)
+        v = self.expert(cache, flow.interpolate(noise, actions, t), t, state)
+        error = (v - flow.target_velocity(noise, actions)).pow(2).mean(dim=-1)  # [B'k, H]
+        return (error * valid).sum() / valid.sum().clamp(min=1)
+
+    def _token_loss(self, batch: KIBatch, out: BackboneOutput, name: str) -> Tensor:
+        """Next-token CE over the suffix targets tagged `name`, averaged over those tokens."""
+        targets = batch.suffix_loss[name][:, 1:] & batch.loss_mask[name][:, None]  # [B, Ls-1]
+        hidden = out.suffix_hidden[:, :-1][targets]  # the token before each target predicts it
+        logits = self.backbone.lm_logits(hidden)  # [T, V]
+        return F.cross_entropy(logits.float(), batch.suffix_ids[:, 1:][targets])
+
+    # -- sampling --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_actions(
+        self,
+        batch: KIBatch,
+        num_steps: int = 10,
+        use_cache: bool = True,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Unnormalized action chunks [B, H, D] from `num_steps` Euler steps, t = 0 -> 1.
+
+        With `use_cache` the prefix is encoded once and its K/V serve every step; without, the
+        backbone is recomputed at each step (same result, for checking and benchmarking).
+        """
+        self.validate(batch, targets=False)
+        shape = (batch.batch_size, self.config.expert.horizon, self.config.expert.action_dim)
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, device=batch.images.device)
+        elif noise.shape != shape:
+            raise ValueError(f"noise: expected {list(shape)}, got {list(noise.shape)}")
+        cache = self._encode(batch, with_suffix=False).cache if use_cache else None
+
+        def velocity(x: Tensor, t: Tensor) -> Tensor:
+            prefix = cache if cache is not None else self._encode(batch, with_suffix=False).cache
+            return self.expert(prefix, x, t, batch.state)
+
+        return self.unnormalize_actions(flow.integrate(velocity, noise, num_steps))
+
+    def num_parameters(self) -> dict[str, int]:
+        return {
+            "backbone": sum(p.numel() for p in self.backbone.parameters()),
+            "expert": sum(p.numel() for p in self.expert.parameters()),
+        }

@@ -1,0 +1,87 @@
+"""Two gloo processes on CPU give the same losses and weights as one process on the same global batch."""
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.multiprocessing as mp
+
+from kivla.train.config import TrainConfig
+from kivla.train.distributed import init_distributed, shutdown_distributed
+from kivla.train.loop import Trainer
+from kivla.train.metrics import read_metrics
+
+GLOBAL_BATCH = 8
+
+
+@dataclass
+class Out:
+    total: torch.Tensor
+    parts: dict
+
+
+class Regression(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 3)
+
+    def forward(self, batch):
+        x, y = batch
+        mse = ((self.lin(x) - y) ** 2).mean()
+        return Out(total=mse, parts={"mse": mse.detach()})
+
+
+def shard(step, micro, rank, world, n):
+    """Rank `rank` takes its slice of the step's global batch."""
+    g = torch.Generator().manual_seed(micro)  # the same data every step, so the loss must fall
+    x, y = torch.randn(GLOBAL_BATCH, 4, generator=g), torch.randn(GLOBAL_BATCH, 3, generator=g)
+    return x[rank * n : (rank + 1) * n], y[rank * n : (rank + 1) * n]
+
+
+def train(run_dir):
+    config = TrainConfig(
+        steps=6, batch_size=GLOBAL_BATCH, lr=0.05, warmup_steps=0, log_every=1, save_every=6, ema_decay=None
+    )
+    ctx = init_distributed("cpu")
+    torch.manual_seed(0)
+    trainer = Trainer(Regression(), config, shard, run_dir, ctx=ctx, progress=False)
+    trainer.fit()
+    weights = {k: v.tolist() for k, v in trainer.model.state_dict().items()}
+    if ctx.is_main:
+        (run_dir / "weights.json").write_text(json.dumps(weights))
+    shutdown_distributed()
+
+
+def _worker(rank, world, port, run_dir):
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    train(run_dir)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(tmp_path, monkeypatch):
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    train(tmp_path / "single")
+    mp.spawn(_worker, args=(2, _free_port(), tmp_path / "ddp"), nprocs=2, join=True)
+    single = [r["loss"] for r in read_metrics(tmp_path / "single" / "metrics.jsonl")]
+    ddp = [r["loss"] for r in read_metrics(tmp_path / "ddp" / "metrics.jsonl")]
+    assert len(single) == len(ddp) == 6
+    assert max(abs(a - b) for a, b in zip(single, ddp, strict=True)) < 1e-6
+    assert single[-1] < single[0]  # it trained
+    w1 = json.loads((tmp_path / "single" / "weights.json").read_text())
+    w2 = json.loads((tmp_path / "ddp" / "weights.json").read_text())
+    for k in w1:
+        assert torch.allclose(torch.tensor(w1[k]), torch.tensor(w2[k]), atol=1e-6)
