@@ -71,6 +71,10 @@ def _show(args: argparse.Namespace) -> int:
     if stats:
         print(f"action q01    {[round(v, 3) for v in stats['q01']]}")
         print(f"action q99    {[round(v, 3) for v in stats['q99']]}")
-    verbs = Counter(ds.tasks[int(t)].split()[0] for t in ds.task_index[ds._ep_start])
-    print(f"first words   {dict(verbs.most_common(6))}")
+    from kivla.data.world_tasks import parse_instruction
+
+    parsed = [parse_instruction(ds.tasks[int(t)]) for t in ds.task_index[ds._ep_start]]
+    families = Counter(p[2] if p else "other" for p in parsed)
+    print(f"task families {dict(families.most_common())}")
+    print(f"example task  {ds.tasks[int(ds.task_index[0])]!r}")
     return 0
