@@ -58,6 +58,11 @@ class ActionExpert(nn.Module):
     def __init__(self, config: ExpertConfig, backbone: Backbone, state_token: bool = False) -> None:
         super().__init__()
         c = config
+        if c.num_heads % backbone.num_kv_heads:
+            raise ValueError(
+                f"ExpertConfig.num_heads: must be a multiple of the backbone's kv heads "
+                f"({backbone.num_kv_heads}), got {c.num_heads}"
+            )
         self.config, self.state_token = config, state_token
         self.action_in = nn.Linear(c.action_dim, c.width)
         self.time_mlp = nn.Sequential(

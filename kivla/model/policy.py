@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kivla.model import flow
-from kivla.model.backbone import BackboneOutput, PrefixCache, build_backbone
+from kivla.model.backbone import Backbone, BackboneOutput, PrefixCache, build_backbone
 from kivla.model.batch import KIBatch
 from kivla.model.config import KIPolicyConfig
 from kivla.model.expert import ActionExpert
@@ -30,10 +30,11 @@ class LossOutput:
 
 
 class KIPolicy(nn.Module):
-    def __init__(self, config: KIPolicyConfig) -> None:
+    def __init__(self, config: KIPolicyConfig, backbone: Backbone | None = None) -> None:
+        """`backbone`: an already built one (e.g. an HF adapter); default: built from the config."""
         super().__init__()
         self.config = config
-        self.backbone = build_backbone(config.backbone)
+        self.backbone = backbone if backbone is not None else build_backbone(config.backbone)
         self.expert = ActionExpert(config.expert, self.backbone, state_token=config.state_input == "token")
         d = config.expert.action_dim
         # Quantile bounds per action dim (q01 -> -1, q99 -> +1); -1 / +1 is the identity.
@@ -70,7 +71,7 @@ class KIPolicy(nn.Module):
         for name in ("images", "state"):
             if not torch.isfinite(getattr(batch, name)).all():
                 raise ValueError(f"{name}: contains NaN or inf")
-        vocab = c.backbone.vocab_size
+        vocab = self.backbone.vocab_size
         for name in ("prefix_ids", "suffix_ids"):
             ids = getattr(batch, name)
             if ids.numel() and (ids.min() < 0 or ids.max() >= vocab):
