@@ -115,8 +115,11 @@ class KIPolicy(nn.Module):
         cache = self._expert_reads(self._encode(batch, with_suffix=True).cache)
         return self.expert(cache, noisy_actions, t, batch.state)
 
-    def forward(self, batch: KIBatch, generator: torch.Generator | None = None) -> LossOutput:
-        """All losses of a batch; `generator` seeds flow times and noise."""
+    def forward(
+        self, batch: KIBatch, generator: torch.Generator | None = None, flow_time: float | None = None
+    ) -> LossOutput:
+        """All losses of a batch; `generator` seeds flow times and noise; `flow_time` fixes t for
+        every flow sample (for studies of the gradient across t) instead of sampling it."""
         self.validate(batch, targets=True)
         c = self.config
         wants = {
@@ -126,7 +129,9 @@ class KIPolicy(nn.Module):
         }
         out = self._encode(batch, with_suffix=wants["fast"] or wants["lm"])
         zero = batch.images.new_zeros(())
-        parts = {"flow": self._flow_loss(batch, out.cache, generator) if c.flow_weight > 0 else zero}
+        parts = {
+            "flow": self._flow_loss(batch, out.cache, generator, flow_time) if c.flow_weight > 0 else zero
+        }
         for name in ("fast", "lm"):
             parts[name] = self._token_loss(batch, out, name) if wants[name] else zero
         total = c.flow_weight * parts["flow"] + c.fast_weight * parts["fast"] + c.lm_weight * parts["lm"]
@@ -134,7 +139,9 @@ class KIPolicy(nn.Module):
             total = total + 0.0 * next(self.expert.parameters()).sum()
         return LossOutput(total, parts)
 
-    def _flow_loss(self, batch: KIBatch, cache: PrefixCache, generator: torch.Generator | None) -> Tensor:
+    def _flow_loss(
+        self, batch: KIBatch, cache: PrefixCache, generator: torch.Generator | None, flow_time: float | None
+    ) -> Tensor:
         rows = batch.loss_mask["flow"].nonzero().flatten()
         if rows.numel() == 0:
             return batch.images.new_zeros(())
@@ -144,7 +151,12 @@ class KIPolicy(nn.Module):
         valid = ~batch.action_is_pad[rows].repeat_interleave(k, dim=0)  # [B'k, H]
         state = batch.state[rows].repeat_interleave(k, dim=0)
         noise = torch.randn(actions.shape, generator=generator, dtype=actions.dtype)
-        t = flow.sample_time(actions.shape[0], generator=generator).to(actions.dtype)
+        if flow_time is None:
+            t = flow.sample_time(actions.shape[0], generator=generator).to(actions.dtype)
+        elif 0.0 <= flow_time <= 1.0:
+            t = torch.full((actions.shape[0],), float(flow_time), dtype=actions.dtype)
+        else:
+            raise ValueError(f"flow_time: expected in [0, 1], got {flow_time}")
         v = self.expert(cache, flow.interpolate(noise, actions, t), t, state)
         error = (v - flow.target_velocity(noise, actions)).pow(2).mean(dim=-1)  # [B'k, H]
         return (error * valid).sum() / valid.sum().clamp(min=1)
