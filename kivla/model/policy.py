@@ -80,7 +80,7 @@ class KIPolicy(nn.Module):
                 )
         if c.state_input == "token" and batch.state.shape != (b, c.expert.state_dim):
             raise ValueError(f"state: expected [B, {c.expert.state_dim}], got {list(batch.state.shape)}")
-        needs_image = torch.ones(b, dtype=torch.bool)
+        needs_image = torch.ones(b, dtype=torch.bool, device=batch.images.device)
         if targets:
             h, d = c.expert.horizon, c.expert.action_dim
             if batch.actions is None or batch.action_is_pad is None:
@@ -150,11 +150,12 @@ class KIPolicy(nn.Module):
         actions = batch.actions[rows].repeat_interleave(k, dim=0)  # [B'k, H, D]
         valid = ~batch.action_is_pad[rows].repeat_interleave(k, dim=0)  # [B'k, H]
         state = batch.state[rows].repeat_interleave(k, dim=0)
-        noise = torch.randn(actions.shape, generator=generator, dtype=actions.dtype)
+        # Drawn on the CPU (where a seeded generator lives), then moved: same numbers on any device.
+        noise = torch.randn(actions.shape, generator=generator).to(actions)
         if flow_time is None:
-            t = flow.sample_time(actions.shape[0], generator=generator).to(actions.dtype)
+            t = flow.sample_time(actions.shape[0], generator=generator).to(actions)
         elif 0.0 <= flow_time <= 1.0:
-            t = torch.full((actions.shape[0],), float(flow_time), dtype=actions.dtype)
+            t = torch.full((actions.shape[0],), float(flow_time)).to(actions)
         else:
             raise ValueError(f"flow_time: expected in [0, 1], got {flow_time}")
         v = self.expert(cache, flow.interpolate(noise, actions, t), t, state)
@@ -186,7 +187,7 @@ class KIPolicy(nn.Module):
         self.validate(batch, targets=False)
         shape = (batch.batch_size, self.config.expert.horizon, self.config.expert.action_dim)
         if noise is None:
-            noise = torch.randn(shape, generator=generator, device=batch.images.device)
+            noise = torch.randn(shape, generator=generator).to(batch.images)
         elif noise.shape != shape:
             raise ValueError(f"noise: expected {list(shape)}, got {list(noise.shape)}")
         cache = self._encode(batch, with_suffix=False).cache if use_cache else None
