@@ -58,8 +58,11 @@ class KIPolicy(nn.Module):
         self.action_high.copy_(q99)
 
     def unnormalize_actions(self, actions: Tensor) -> Tensor:
-        """[-1, 1] -> [q01, q99] per dim."""
-        return (actions + 1.0) * 0.5 * (self.action_high - self.action_low) + self.action_low
+        """[-1, 1] -> [q01, q99] per dim; a constant dim (q01 == q99) maps x -> x + q01, the inverse
+        of kivla.data's QuantileNormalizer for such dims."""
+        span = self.action_high - self.action_low
+        scaled = (actions + 1.0) * 0.5 * span + self.action_low
+        return torch.where(span > 1e-8, scaled, actions + self.action_low)
 
     # -- validation ------------------------------------------------------------------------------
     def validate(self, batch: KIBatch, targets: bool) -> None:
