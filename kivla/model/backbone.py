@@ -153,4 +153,8 @@ def build_backbone(config: BackboneConfig) -> Backbone:
     """The backbone named by `config.kind`."""
     if config.kind == "tiny":
         return TinyVLM(config)
+    if config.kind in ("paligemma", "idefics3", "causal_lm"):
+        from kivla.model.hf import load_hf_backbone  # transformers is an optional dependency
+
+        return load_hf_backbone(config.kind, config.path, config.vision_path)
     raise ValueError(f"BackboneConfig.kind: unknown backbone {config.kind!r}")

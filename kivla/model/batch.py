@@ -129,7 +129,7 @@ class BatchBuilder:
         state_dim: int = 8,
         state_input: str = "prompt",
         max_prompt_len: int = 32,
-        max_suffix_len: int = 48,
+        max_suffix_len: int = 64,
         layout: VocabLayout | None = None,
     ) -> None:
         self.text, self.action_tokenizer = text_tokenizer, action_tokenizer

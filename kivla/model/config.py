@@ -12,7 +12,7 @@ from typing import Any
 
 DISCRETE_TARGETS = ("fast", "binning", "wavelet", "vq", "none")
 STATE_INPUTS = ("prompt", "token", "none")
-BACKBONE_KINDS = ("tiny",)
+BACKBONE_KINDS = ("tiny", "paligemma", "idefics3", "causal_lm")  # the last three: HF, from `path`
 
 
 def _positive(owner: str, **values: int | float) -> None:
@@ -36,10 +36,16 @@ class BackboneConfig:
     image_size: int = 64
     patch_size: int = 8
     rope_theta: float = 10_000.0
+    # HF backbones: local model directory (and the vision encoder's, for "causal_lm"). The fields
+    # above other than image_size (the input image size) are then read from the loaded model.
+    path: str | None = None
+    vision_path: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in BACKBONE_KINDS:
             raise ValueError(f"BackboneConfig.kind: expected one of {BACKBONE_KINDS}, got {self.kind!r}")
+        if self.kind != "tiny" and not self.path:
+            raise ValueError(f"BackboneConfig.path: required for the HF backbone kind {self.kind!r}")
         _positive(
             "BackboneConfig",
             vocab_size=self.vocab_size,
@@ -134,7 +140,7 @@ class KIPolicyConfig:
             raise ValueError(
                 f"KIPolicyConfig.flow_samples_per_example: expected >= 1, got {self.flow_samples_per_example}"
             )
-        if self.expert.num_heads % self.backbone.num_kv_heads:
+        if self.backbone.kind == "tiny" and self.expert.num_heads % self.backbone.num_kv_heads:
             raise ValueError(
                 f"ExpertConfig.num_heads: must be a multiple of the backbone's num_kv_heads="
                 f"{self.backbone.num_kv_heads}, got {self.expert.num_heads}"

@@ -58,6 +58,11 @@ class ActionExpert(nn.Module):
     def __init__(self, config: ExpertConfig, backbone: Backbone, state_token: bool = False) -> None:
         super().__init__()
         c = config
+        if c.num_heads % backbone.num_kv_heads:
+            raise ValueError(
+                f"ExpertConfig.num_heads: must be a multiple of the backbone's kv heads "
+                f"({backbone.num_kv_heads}), got {c.num_heads}"
+            )
         self.config, self.state_token = config, state_token
         self.action_in = nn.Linear(c.action_dim, c.width)
         self.time_mlp = nn.Sequential(
@@ -68,11 +73,14 @@ class ActionExpert(nn.Module):
             ExpertLayer(c, backbone.num_kv_heads, backbone.head_dim) for _ in range(backbone.num_layers)
         )
         # One projection gives every adaptive norm its (scale, shift, gate): 2 a layer + the final
-        # one; computed once a call instead of once a norm. Zero-init: plain RMSNorm at the start.
+        # one; computed once a call instead of once a norm. Starts as plain RMSNorm with unit gates.
         self.num_norms = 2 * backbone.num_layers + 1
         self.modulation = nn.Linear(c.width, self.num_norms * 3 * c.width)
         nn.init.zeros_(self.modulation.weight)
-        nn.init.zeros_(self.modulation.bias)
+        with torch.no_grad():  # (scale, shift, gate) = (1, 0, 1) for every norm
+            self.modulation.bias.view(self.num_norms, 3, c.width).copy_(
+                torch.tensor([1.0, 0.0, 1.0])[:, None]
+            )
         self.action_out = nn.Linear(c.width, c.action_dim)
         self.head_dim, self.rope_theta = backbone.head_dim, backbone.rope_theta
 

@@ -16,12 +16,13 @@ def test_rope_scores_depend_only_on_relative_position():
     assert abs(score(3, 1) - score(3, 2)) > 1e-4
 
 
-def test_ada_rmsnorm_starts_as_rmsnorm_with_unit_gate():
+def test_ada_rmsnorm_identity_modulation_is_rmsnorm_with_unit_gate():
     x = torch.randn(2, 3, 6)
-    normed, gate = ada_rms_norm(x, torch.zeros(2, 18))
+    identity = torch.cat([torch.ones(2, 6), torch.zeros(2, 6), torch.ones(2, 6)], dim=1)
+    normed, gate = ada_rms_norm(x, identity)
     torch.testing.assert_close(normed, RMSNorm(6)(x))
     assert torch.equal(gate, torch.ones_like(gate))
-    scale_shift_gate = torch.cat([torch.full((2, 6), 1.0), torch.full((2, 6), 0.5), torch.zeros(2, 6)], dim=1)
+    scale_shift_gate = torch.cat([torch.full((2, 6), 2.0), torch.full((2, 6), 0.5), torch.zeros(2, 6)], dim=1)
     normed, _ = ada_rms_norm(x, scale_shift_gate)
     torch.testing.assert_close(normed, 2.0 * RMSNorm(6)(x) + 0.5)
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kivla.model import flow
-from kivla.model.backbone import BackboneOutput, PrefixCache, build_backbone
+from kivla.model.backbone import Backbone, BackboneOutput, PrefixCache, build_backbone
 from kivla.model.batch import KIBatch
 from kivla.model.config import KIPolicyConfig
 from kivla.model.expert import ActionExpert
@@ -30,10 +30,11 @@ class LossOutput:
 
 
 class KIPolicy(nn.Module):
-    def __init__(self, config: KIPolicyConfig) -> None:
+    def __init__(self, config: KIPolicyConfig, backbone: Backbone | None = None) -> None:
+        """`backbone`: an already built one (e.g. an HF adapter); default: built from the config."""
         super().__init__()
         self.config = config
-        self.backbone = build_backbone(config.backbone)
+        self.backbone = backbone if backbone is not None else build_backbone(config.backbone)
         self.expert = ActionExpert(config.expert, self.backbone, state_token=config.state_input == "token")
         d = config.expert.action_dim
         # Quantile bounds per action dim (q01 -> -1, q99 -> +1); -1 / +1 is the identity.
@@ -57,8 +58,11 @@ class KIPolicy(nn.Module):
         self.action_high.copy_(q99)
 
     def unnormalize_actions(self, actions: Tensor) -> Tensor:
-        """[-1, 1] -> [q01, q99] per dim."""
-        return (actions + 1.0) * 0.5 * (self.action_high - self.action_low) + self.action_low
+        """[-1, 1] -> [q01, q99] per dim; a constant dim (q01 == q99) maps x -> x + q01, the inverse
+        of kivla.data's QuantileNormalizer for such dims."""
+        span = self.action_high - self.action_low
+        scaled = (actions + 1.0) * 0.5 * span + self.action_low
+        return torch.where(span > 1e-8, scaled, actions + self.action_low)
 
     # -- validation ------------------------------------------------------------------------------
     def validate(self, batch: KIBatch, targets: bool) -> None:
@@ -70,7 +74,7 @@ class KIPolicy(nn.Module):
         for name in ("images", "state"):
             if not torch.isfinite(getattr(batch, name)).all():
                 raise ValueError(f"{name}: contains NaN or inf")
-        vocab = c.backbone.vocab_size
+        vocab = self.backbone.vocab_size
         for name in ("prefix_ids", "suffix_ids"):
             ids = getattr(batch, name)
             if ids.numel() and (ids.min() < 0 or ids.max() >= vocab):
@@ -79,7 +83,7 @@ class KIPolicy(nn.Module):
                 )
         if c.state_input == "token" and batch.state.shape != (b, c.expert.state_dim):
             raise ValueError(f"state: expected [B, {c.expert.state_dim}], got {list(batch.state.shape)}")
-        needs_image = torch.ones(b, dtype=torch.bool)
+        needs_image = torch.ones(b, dtype=torch.bool, device=batch.images.device)
         if targets:
             h, d = c.expert.horizon, c.expert.action_dim
             if batch.actions is None or batch.action_is_pad is None:
@@ -114,8 +118,11 @@ class KIPolicy(nn.Module):
         cache = self._expert_reads(self._encode(batch, with_suffix=True).cache)
         return self.expert(cache, noisy_actions, t, batch.state)
 
-    def forward(self, batch: KIBatch, generator: torch.Generator | None = None) -> LossOutput:
-        """All losses of a batch; `generator` seeds flow times and noise."""
+    def forward(
+        self, batch: KIBatch, generator: torch.Generator | None = None, flow_time: float | None = None
+    ) -> LossOutput:
+        """All losses of a batch; `generator` seeds flow times and noise; `flow_time` fixes t for
+        every flow sample (for studies of the gradient across t) instead of sampling it."""
         self.validate(batch, targets=True)
         c = self.config
         wants = {
@@ -125,7 +132,9 @@ class KIPolicy(nn.Module):
         }
         out = self._encode(batch, with_suffix=wants["fast"] or wants["lm"])
         zero = batch.images.new_zeros(())
-        parts = {"flow": self._flow_loss(batch, out.cache, generator) if c.flow_weight > 0 else zero}
+        parts = {
+            "flow": self._flow_loss(batch, out.cache, generator, flow_time) if c.flow_weight > 0 else zero
+        }
         for name in ("fast", "lm"):
             parts[name] = self._token_loss(batch, out, name) if wants[name] else zero
         total = c.flow_weight * parts["flow"] + c.fast_weight * parts["fast"] + c.lm_weight * parts["lm"]
@@ -133,7 +142,9 @@ class KIPolicy(nn.Module):
             total = total + 0.0 * next(self.expert.parameters()).sum()
         return LossOutput(total, parts)
 
-    def _flow_loss(self, batch: KIBatch, cache: PrefixCache, generator: torch.Generator | None) -> Tensor:
+    def _flow_loss(
+        self, batch: KIBatch, cache: PrefixCache, generator: torch.Generator | None, flow_time: float | None
+    ) -> Tensor:
         rows = batch.loss_mask["flow"].nonzero().flatten()
         if rows.numel() == 0:
             return batch.images.new_zeros(())
@@ -142,22 +153,26 @@ class KIPolicy(nn.Module):
         actions = batch.actions[rows].repeat_interleave(k, dim=0)  # [B'k, H, D]
         valid = ~batch.action_is_pad[rows].repeat_interleave(k, dim=0)  # [B'k, H]
         state = batch.state[rows].repeat_interleave(k, dim=0)
-        if batch.flow_noise is not None and batch.flow_time is not None:
+        if batch.flow_noise is not None and batch.flow_time is not None and flow_time is None:
+            # Drawn by the data pipeline per example: the loss does not depend on how a global
+            # batch is split over ranks or accumulation steps.
             b, (_, h, d) = batch.batch_size, actions.shape
             if batch.flow_noise.shape != (b, k, h, d) or batch.flow_time.shape != (b, k):
                 raise ValueError(
                     f"flow_noise / flow_time: expected [B, k={k}, {h}, {d}] and [B, k], got "
                     f"{list(batch.flow_noise.shape)} and {list(batch.flow_time.shape)}"
                 )
-            noise = batch.flow_noise[rows].flatten(0, 1).to(actions.dtype)  # example-major, like repeat
-            t = batch.flow_time[rows].flatten(0, 1).to(actions.dtype)
+            noise = batch.flow_noise[rows].flatten(0, 1).to(actions)  # example-major, like repeat
+            t = batch.flow_time[rows].flatten(0, 1).to(actions)
         else:
-            noise = torch.randn(
-                actions.shape, generator=generator, dtype=actions.dtype, device=actions.device
-            )
-            t = flow.sample_time(actions.shape[0], generator=generator, device=actions.device).to(
-                actions.dtype
-            )
+            # Drawn on the CPU (where a seeded generator lives), then moved: same numbers on any device.
+            noise = torch.randn(actions.shape, generator=generator).to(actions)
+            if flow_time is None:
+                t = flow.sample_time(actions.shape[0], generator=generator).to(actions)
+            elif 0.0 <= flow_time <= 1.0:
+                t = torch.full((actions.shape[0],), float(flow_time)).to(actions)
+            else:
+                raise ValueError(f"flow_time: expected in [0, 1], got {flow_time}")
         v = self.expert(cache, flow.interpolate(noise, actions, t), t, state)
         error = (v - flow.target_velocity(noise, actions)).pow(2).mean(dim=-1)  # [B'k, H]
         return (error * valid).sum() / valid.sum().clamp(min=1)
@@ -187,7 +202,7 @@ class KIPolicy(nn.Module):
         self.validate(batch, targets=False)
         shape = (batch.batch_size, self.config.expert.horizon, self.config.expert.action_dim)
         if noise is None:
-            noise = torch.randn(shape, generator=generator, device=batch.images.device)
+            noise = torch.randn(shape, generator=generator).to(batch.images)
         elif noise.shape != shape:
             raise ValueError(f"noise: expected {list(shape)}, got {list(noise.shape)}")
         cache = self._encode(batch, with_suffix=False).cache if use_cache else None

@@ -111,6 +111,8 @@ def test_sample_actions_unnormalizes(builder, config):
     actions = policy.sample_actions(obs, noise=noise)
     expected = (normalized + 1) / 2 * torch.tensor([1.0, 4.0, 20.0]) + torch.tensor([0.0, -2.0, 10.0])
     torch.testing.assert_close(actions, expected)
+    policy.set_action_bounds(torch.tensor([5.0, -2.0, 10.0]), torch.tensor([5.0, 2.0, 30.0]))
+    torch.testing.assert_close(policy.sample_actions(obs, noise=noise)[..., 0], normalized[..., 0] + 5.0)
     with pytest.raises(ValueError, match="action bounds"):
         policy.set_action_bounds(torch.zeros(2), torch.ones(2))
 
