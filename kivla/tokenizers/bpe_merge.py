@@ -40,24 +40,25 @@ class MergeTable:
             a, b = vocab[left], vocab[right]
             rank[a, b] = index
             merged[a, b] = vocab[left + right]
-        self._rank, self._merged = rank.ravel(), merged.ravel()
+        self._rank, self._merged = rank.ravel(), merged.ravel()  # indexed by a · (V+1) + b
 
     def encode(self, ids: np.ndarray) -> list[np.ndarray]:
         """ids [N, L] (single-symbol token ids) → N arrays of merged token ids."""
         n, length = ids.shape
         sep = self.separator
         # [SEP w0 SEP w1 … SEP w(n-1) SEP]: pairs touching SEP never merge, so words stay apart.
-        seq = np.full((n, length + 1), sep, dtype=np.int64)
+        # int32 throughout: (V+1)² < 2³¹ for the dense tables, half the memory traffic of int64.
+        seq = np.full((n, length + 1), sep, dtype=np.int32)
         seq[:, 1:] = ids
-        seq = np.append(seq.ravel(), sep)
+        seq = np.append(seq.ravel(), np.int32(sep))
+        spans = np.full(n, length + 1, dtype=np.int64)  # pair positions of each word, SEP pair first
         words = np.arange(n)  # original index of each word still in `seq`
         finished_seq, finished_words = [], []
         while words.size:
-            pair = seq[:-1] * self.width + seq[1:]
+            pair = seq[:-1] * np.int32(self.width) + seq[1:]
             rank = self._rank.take(pair)
-            starts = np.flatnonzero(seq[:-1] == sep)  # each word's pairs run from its SEP to the next
+            starts = np.cumsum(spans) - spans
             lowest = np.minimum.reduceat(rank, starts)  # [words]
-            spans = np.diff(np.append(starts, seq.size - 1))
             done = lowest == NO_MERGE
             if done.any():  # move finished words (with their leading SEP) out of the working set
                 leaving = np.repeat(done, spans)  # over pair positions = seq[:-1]
@@ -68,17 +69,20 @@ class MergeTable:
                 words, lowest, spans = words[~done], lowest[~done], spans[~done]
                 if not words.size:
                     break
+                starts = np.cumsum(spans) - spans
             at = np.flatnonzero(rank == np.repeat(lowest, spans))
-            if at.size > 1:  # a run a a a with merge (a, a): merge left to right, every other one
+            if at.size > 1 and (at[1:] == at[:-1] + 1).any():
+                # A run a a a with merge (a, a): merge left to right, every other position.
                 run_start = np.ones(at.size, dtype=bool)
                 run_start[1:] = at[1:] != at[:-1] + 1
                 order = np.arange(at.size)
                 offset = order - np.maximum.accumulate(np.where(run_start, order, 0))
                 at = at[(offset & 1) == 0]
             seq[at] = self._merged.take(pair[at])
-            keep = np.ones(seq.size, dtype=bool)
-            keep[at + 1] = False
-            seq = seq[keep]
+            removed = np.zeros(seq.size, dtype=bool)
+            removed[at + 1] = True  # the right half of a merged pair: same word as its left half
+            spans -= np.add.reduceat(removed[:-1], starts, dtype=np.int64)
+            seq = seq[~removed]
         return _split_words(finished_seq, finished_words, n, sep)
 
 
@@ -90,9 +94,9 @@ def _split_words(parts: list[np.ndarray], words: list[np.ndarray], n: int, sep: 
     order = np.concatenate(words)
     separators = np.flatnonzero(flat == sep)
     lengths = np.diff(np.append(separators, flat.size)) - 1
-    tokens = flat[flat != sep]
-    pieces = np.split(tokens, np.cumsum(lengths)[:-1])
+    tokens = flat[flat != sep].astype(np.int64)
+    ends = np.cumsum(lengths).tolist()
     result: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * n
-    for word, piece in zip(order.tolist(), pieces, strict=True):
-        result[word] = piece
+    for word, start, end in zip(order.tolist(), [0, *ends[:-1]], ends, strict=True):
+        result[word] = tokens[start:end]
     return result
