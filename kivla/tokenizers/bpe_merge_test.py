@@ -34,3 +34,15 @@ def test_matches_library_on_random_and_repetitive_streams(seed):
     _same(bpe, np.zeros((3, 1), dtype=np.int64))  # one-symbol words
     _same(bpe, np.full((2, 200), 0, dtype=np.int64))  # one long run
     assert bpe.encode(np.zeros((0, 5), dtype=np.int64)) == []
+
+
+@pytest.mark.slow
+def test_matches_library_at_scale_with_the_largest_dense_vocab():
+    from kivla.tokenizers import FASTTokenizer
+    from kivla.tokenizers.synthetic import smooth_chunks
+
+    tok = FASTTokenizer.fit(smooth_chunks(5000, seed=7), scale=20, vocab_size=2048)
+    assert tok.vocab_size == 2048
+    test = smooth_chunks(5000, seed=8).astype(np.float64)
+    low, high = tok.alphabet
+    _same(tok.bpe, np.clip(tok.quantize(tok.transform(test)), low, high))
