@@ -36,7 +36,6 @@ def test_matches_library_on_random_and_repetitive_streams(seed):
     assert bpe.encode(np.zeros((0, 5), dtype=np.int64)) == []
 
 
-@pytest.mark.slow
 def test_matches_library_at_scale_with_the_largest_dense_vocab():
     from kivla.tokenizers import FASTTokenizer
     from kivla.tokenizers.synthetic import smooth_chunks
