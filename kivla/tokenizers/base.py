@@ -23,7 +23,11 @@ FORMAT_VERSION = 1
 
 
 class CoefficientClipWarning(UserWarning):
-    """Values outside a tokenizer's alphabet were clipped at encode time (counted in the message)."""
+    """Values outside a tokenizer's alphabet were clipped at encode time; `.count` of `.total`."""
+
+    def __init__(self, message: str, count: int = 0, total: int = 0) -> None:
+        super().__init__(message)
+        self.count, self.total = count, total
 
 
 @dataclass(frozen=True)
@@ -256,10 +260,7 @@ def clip_counted(values: np.ndarray, low: float, high: float, who: str, what: st
 
     outside = int(np.count_nonzero((values < low) | (values > high)))
     if outside:
-        warnings.warn(
-            f"{who}: clipped {outside} of {values.size} {what} to [{low}, {high}]",
-            CoefficientClipWarning,
-            stacklevel=3,
-        )
+        message = f"{who}: clipped {outside} of {values.size} {what} to [{low}, {high}]"
+        warnings.warn(CoefficientClipWarning(message, outside, values.size), stacklevel=3)
         values = np.clip(values, low, high)
     return values

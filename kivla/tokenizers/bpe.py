@@ -15,6 +15,7 @@ import numpy as np
 from tokenizers import Tokenizer, models, trainers
 
 from kivla.tokenizers.base import write_text_atomic
+from kivla.tokenizers.bpe_merge import MAX_DENSE_VOCAB, MergeTable
 
 # CJK Unified Ideographs: 20,992 consecutive letters, far from surrogates and whitespace.
 BASE_CODEPOINT = 0x4E00
@@ -27,6 +28,7 @@ class IntegerBPE:
     def __init__(self, tokenizer: Tokenizer, low: int, high: int) -> None:
         self.tokenizer = tokenizer
         self.low, self.high = int(low), int(high)
+        self._merges: MergeTable | None = None  # built on first encode
         self._build_expansion_table()
 
     @classmethod
@@ -59,7 +61,19 @@ class IntegerBPE:
         return self.tokenizer.get_vocab_size()
 
     def encode(self, symbols: np.ndarray) -> list[np.ndarray]:
-        """Symbols [N, L] (already clipped to [low, high]) → N id arrays, one library call."""
+        """Symbols [N, L] (already clipped to [low, high]) → N id arrays.
+
+        The whole batch goes through the numpy merge loop (`bpe_merge`), which gives the library's
+        ids at a fraction of its per-character cost; vocabularies above 2048 use the library.
+        """
+        if self._merges is None and self.vocab_size <= MAX_DENSE_VOCAB:
+            self._merges = MergeTable(self.tokenizer)
+        if self._merges is None:
+            return self.encode_with_library(symbols)
+        return self._merges.encode(self._symbol_ids[np.asarray(symbols, dtype=np.int64) - self.low])
+
+    def encode_with_library(self, symbols: np.ndarray) -> list[np.ndarray]:
+        """The same ids through HF `tokenizers` (one `encode_batch_fast` call for the batch)."""
         strings = _to_strings(symbols, self.low)
         encode_batch = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
         return [np.asarray(e.ids, dtype=np.int64) for e in encode_batch(strings, add_special_tokens=False)]
@@ -97,6 +111,12 @@ class IntegerBPE:
         self._lengths = np.array([len(p) for p in pieces], dtype=np.int64)
         self._offsets = np.cumsum(self._lengths) - self._lengths
         self._table = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+        vocab = self.tokenizer.get_vocab()
+        alphabet = [chr(BASE_CODEPOINT + i) for i in range(self.high - self.low + 1)]
+        missing = [i + self.low for i, char in enumerate(alphabet) if char not in vocab]
+        if missing:
+            raise ValueError(f"BPE model: alphabet integers {missing[:5]} have no token id")
+        self._symbol_ids = np.array([vocab[char] for char in alphabet], dtype=np.int64)  # integer → id
 
 
 def _to_strings(symbols: np.ndarray, low: int) -> list[str]:

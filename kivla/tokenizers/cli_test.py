@@ -41,6 +41,7 @@ def test_report_json_on_synthetic_chunks(capsys):
     ):
         assert np.isfinite(fast[key])
     assert binning["max_abs"] <= 1 / 256 + 1e-6
+    assert fast["clipped_fraction"] == 0.0 and 0.0 <= binning["clipped_fraction"] <= 1.0
 
 
 def test_report_table(capsys):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from kivla.tokenizers.base import ActionTokenizer, fit_tokenizer
+from kivla.tokenizers.base import ActionTokenizer, CoefficientClipWarning, fit_tokenizer
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class TokenizerReport:
     encode_chunks_per_s: float
     decode_chunks_per_s: float
     valid_fraction: float  # decode(encode(x)) flagged valid
+    clipped_fraction: float  # share of values/coefficients clipped at encode
     fit_seconds: float = float("nan")
 
     def to_dict(self) -> dict:
@@ -32,9 +34,16 @@ def evaluate(
     tokenizer: ActionTokenizer, chunks: np.ndarray, fit_seconds: float = float("nan")
 ) -> TokenizerReport:
     """Encode and decode `chunks` [N, H, D] once, timing both; errors are over all values."""
-    start = time.perf_counter()
-    ids = tokenizer.encode(chunks)
-    encoded = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CoefficientClipWarning)
+        start = time.perf_counter()
+        ids = tokenizer.encode(chunks)
+        encoded = time.perf_counter()
+    clipped = [w.message for w in caught if isinstance(w.message, CoefficientClipWarning)]
+    for w in caught:  # anything else still reaches the user
+        if not isinstance(w.message, CoefficientClipWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    decode_start = time.perf_counter()
     out = tokenizer.decode(ids)
     decoded = time.perf_counter()
     lengths = np.array([len(seq) for seq in ids])
@@ -49,8 +58,9 @@ def evaluate(
         rmse=float(np.sqrt((error**2).mean())),
         max_abs=float(np.abs(error).max()),
         encode_chunks_per_s=n / max(encoded - start, 1e-9),
-        decode_chunks_per_s=n / max(decoded - encoded, 1e-9),
+        decode_chunks_per_s=n / max(decoded - decode_start, 1e-9),
         valid_fraction=float(out.valid.mean()),
+        clipped_fraction=sum(c.count for c in clipped) / max(sum(c.total for c in clipped), 1),
         fit_seconds=fit_seconds,
     )
 
@@ -77,11 +87,13 @@ def fit_and_evaluate(
 def markdown_table(reports: list[TokenizerReport]) -> str:
     """One row per kind: tokens a chunk (mean / median / p95), errors, speeds."""
     lines = [
-        "| kind | vocab | tokens mean | median | p95 | RMSE | max abs | encode chunks/s | decode chunks/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| kind | vocab | tokens mean | median | p95 | RMSE | max abs | clipped | encode chunks/s "
+        "| decode chunks/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in reports:
         tokens = f"{r.tokens_mean:.1f} | {r.tokens_median:.0f} | {r.tokens_p95:.0f}"
         speed = f"{r.encode_chunks_per_s:,.0f} | {r.decode_chunks_per_s:,.0f}"
-        lines.append(f"| {r.kind} | {r.vocab_size} | {tokens} | {r.rmse:.4f} | {r.max_abs:.4f} | {speed} |")
+        errors = f"{r.rmse:.4f} | {r.max_abs:.4f} | {r.clipped_fraction:.2%}"
+        lines.append(f"| {r.kind} | {r.vocab_size} | {tokens} | {errors} | {speed} |")
     return "\n".join(lines)
