@@ -84,6 +84,8 @@ class KIBatch:
     # A data pipeline that sets them makes the loss independent of how the batch is split.
     flow_noise: Tensor | None = None  # float32 [B, k, H, D]
     flow_time: Tensor | None = None  # float32 [B, k]
+    # Examples carrying each loss per shard of the global batch (see KIPolicy._batch_mean).
+    loss_denominator: dict[str, float] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -94,7 +96,7 @@ class KIBatch:
             if isinstance(value, Tensor):
                 return value.to(device)
             if isinstance(value, dict):
-                return {k: v.to(device) for k, v in value.items()}
+                return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in value.items()}
             return value
 
         return KIBatch(**{f.name: move(getattr(self, f.name)) for f in fields(self)})

@@ -175,14 +175,34 @@ class KIPolicy(nn.Module):
                 raise ValueError(f"flow_time: expected in [0, 1], got {flow_time}")
         v = self.expert(cache, flow.interpolate(noise, actions, t), t, state)
         error = (v - flow.target_velocity(noise, actions)).pow(2).mean(dim=-1)  # [B'k, H]
-        return (error * valid).sum() / valid.sum().clamp(min=1)
+        per_sample = (error * valid).sum(-1) / valid.sum(-1).clamp(min=1)  # [B'k]
+        per_example = per_sample.view(-1, k).mean(-1)  # [B']
+        return self._batch_mean(batch, "flow", per_example)
 
     def _token_loss(self, batch: KIBatch, out: BackboneOutput, name: str) -> Tensor:
-        """Next-token CE over the suffix targets tagged `name`, averaged over those tokens."""
+        """Next-token CE over the suffix targets tagged `name`: mean per example, then `_batch_mean`."""
         targets = batch.suffix_loss[name][:, 1:] & batch.loss_mask[name][:, None]  # [B, Ls-1]
         hidden = out.suffix_hidden[:, :-1][targets]  # the token before each target predicts it
         logits = self.backbone.lm_logits(hidden)  # [T, V]
-        return F.cross_entropy(logits.float(), batch.suffix_ids[:, 1:][targets])
+        ce = F.cross_entropy(logits.float(), batch.suffix_ids[:, 1:][targets], reduction="none")  # [T]
+        example = targets.nonzero()[:, 0]  # [T]: which example each target token belongs to
+        b = batch.batch_size
+        total = ce.new_zeros(b).index_add(0, example, ce)
+        count = ce.new_zeros(b).index_add(0, example, torch.ones_like(ce))
+        has = count > 0
+        return self._batch_mean(batch, name, total[has] / count[has])
+
+    @staticmethod
+    def _batch_mean(batch: KIBatch, name: str, per_example: Tensor) -> Tensor:
+        """Every example counts the same. The denominator is the batch's own count of examples with
+        this loss, or `batch.loss_denominator[name]` when the data pipeline gives one: the count of
+        the whole global batch divided by its number of shards (ranks x accumulation steps), so that
+        a split batch sums to exactly the loss of the unsplit one."""
+        if batch.loss_denominator is not None and name in batch.loss_denominator:
+            denominator = float(batch.loss_denominator[name])
+        else:
+            denominator = float(per_example.numel())
+        return per_example.sum() / max(denominator, 1e-12)
 
     # -- sampling --------------------------------------------------------------------------------
     @torch.no_grad()

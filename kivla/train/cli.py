@@ -173,8 +173,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
     config = PretrainConfig(out=args.out, size=args.size, image_size=args.image_size, **values)
     ctx = init_distributed()
     try:
-        checkpoint = pretrain_backbone(config, progress=not args.no_progress and ctx.is_main, resume=args.resume,
-                                       ctx=ctx)  # fmt: skip
+        progress = not args.no_progress and ctx.is_main
+        checkpoint = pretrain_backbone(config, progress=progress, resume=args.resume, ctx=ctx)
     finally:
         shutdown_distributed()
     if ctx.is_main:

@@ -158,8 +158,9 @@ class MixtureBatches:
         normalizer: QuantileNormalizer | None = None,
         image_size: int = 64,
         flow_samples: int = 1,
+        grad_accum: int = 1,
     ) -> None:
-        self.builder, self.mixture, self.seed = builder, mixture, seed
+        self.builder, self.mixture, self.seed, self.grad_accum = builder, mixture, seed, grad_accum
         self.dataset, self.normalizer, self.image_size = dataset, normalizer, image_size
         self.flow_samples = flow_samples
         weights = mixture.weights()
@@ -167,8 +168,26 @@ class MixtureBatches:
         if self.probs[0] > 0 and dataset is None:
             raise ValueError("mixture.robot > 0 needs a robot dataset")
 
+    def _rng(self, step: int, micro: int, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, step, micro, index])
+
+    def _source(self, rng: np.random.Generator) -> str:
+        return SOURCES[int(rng.choice(len(SOURCES), p=self.probs))]
+
+    def loss_denominator(self, step: int, world_size: int, n: int) -> dict[str, float]:
+        """Examples carrying each loss in the whole global batch, per shard (rank x micro-step)."""
+        sources = [
+            self._source(self._rng(step, micro, i))
+            for micro in range(self.grad_accum)
+            for i in range(world_size * n)
+        ]
+        shards = world_size * self.grad_accum
+        robot = sum(s == "robot" for s in sources)
+        fast = robot if self.builder.action_tokenizer is not None else 0
+        return {"flow": robot / shards, "fast": fast / shards, "lm": (len(sources) - robot) / shards}
+
     def example(self, rng: np.random.Generator) -> Example:
-        source = SOURCES[int(rng.choice(len(SOURCES), p=self.probs))]
+        source = self._source(rng)
         if source == "robot":
             item = self.dataset[int(rng.integers(len(self.dataset)))]
             return Example(
@@ -188,13 +207,14 @@ class MixtureBatches:
         examples, noise, times = [], [], []
         h, d = self.builder.horizon, self.builder.action_dim
         for j in range(n):
-            rng = np.random.default_rng([self.seed, step, micro, rank * n + j])
+            rng = self._rng(step, micro, rank * n + j)
             examples.append(self.example(rng))
             noise.append(rng.standard_normal((self.flow_samples, h, d), dtype=np.float32))
             times.append(rng.random(self.flow_samples))
         batch = self.builder.collate(examples)
         batch.flow_noise = torch.from_numpy(np.stack(noise))  # [B, k, H, D]
         batch.flow_time = flow.time_from_uniform(torch.from_numpy(np.stack(times))).float()  # [B, k]
+        batch.loss_denominator = self.loss_denominator(step, world_size, n)
         return batch
 
 
@@ -340,6 +360,7 @@ def train_policy(
         normalizer,
         image_size,
         policy_cfg.flow_samples_per_example,
+        config.train.grad_accum,
     )
     return _run_trainer(bundle, batches, config.train, out, {"run": config.to_dict()}, progress, resume, ctx)
 
