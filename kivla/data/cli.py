@@ -17,6 +17,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument(
         "--no-video", action="store_true", help="store PNG images in the parquet files instead of MP4"
     )
+    gen.add_argument(
+        "--codec",
+        default="libx264",
+        choices=("libx264", "libsvtav1", "mpeg4"),
+        help="video encoder (PyAV's FFmpeg)",
+    )
     gen.add_argument("--split", choices=("train", "ood"), default="train", help="task compositions to draw")
     gen.add_argument("--families", nargs="+", default=None, help="task families (default: all)")
     gen.add_argument(
@@ -46,6 +52,7 @@ def _generate(args: argparse.Namespace) -> int:
         families=tuple(args.families) if args.families else FAMILIES,
         frames_per_file=args.frames_per_file,
         overwrite=args.overwrite,
+        video_codec=args.codec,
     )
     print(f"wrote {args.episodes} episodes to {path}")
     return 0
@@ -71,6 +78,10 @@ def _show(args: argparse.Namespace) -> int:
     if stats:
         print(f"action q01    {[round(v, 3) for v in stats['q01']]}")
         print(f"action q99    {[round(v, 3) for v in stats['q99']]}")
-    verbs = Counter(ds.tasks[int(t)].split()[0] for t in ds.task_index[ds._ep_start])
-    print(f"first words   {dict(verbs.most_common(6))}")
+    from kivla.data.world_tasks import parse_instruction
+
+    parsed = [parse_instruction(ds.tasks[int(t)]) for t in ds.task_index[ds._ep_start]]
+    families = Counter(p[2] if p else "other" for p in parsed)
+    print(f"task families {dict(families.most_common())}")
+    print(f"example task  {ds.tasks[int(ds.task_index[0])]!r}")
     return 0

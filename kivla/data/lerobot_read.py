@@ -187,7 +187,7 @@ class LeRobotDataset(torch.utils.data.Dataset):
 
             cell = self._images[row].as_py()
             data = cell["bytes"] if isinstance(cell, dict) else cell
-            return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+            return np.array(Image.open(io.BytesIO(data)).convert("RGB"))  # writable, for torch
         episode = int(self.episode_index[row])
         frames = self._episode_frames(episode)
         local = round(self.timestamp[row] * self.fps)
@@ -214,7 +214,10 @@ class LeRobotDataset(torch.utils.data.Dataset):
 def decode_frames(path: Path, from_timestamp: float, count: int, fps: float) -> np.ndarray:
     """uint8 [count, H, W, 3]: `count` frames of a video from `from_timestamp` on (by timestamp)."""
     import av
+    from av.video.reformatter import VideoReformatter
 
+    # One reformatter keeps its swscale context between frames: ~7x faster than frame.to_ndarray(format=...).
+    reformatter = VideoReformatter()
     first = round(from_timestamp * fps)
     frames: dict[int, np.ndarray] = {}
     with av.open(str(path)) as container:
@@ -225,7 +228,7 @@ def decode_frames(path: Path, from_timestamp: float, count: int, fps: float) -> 
             if k >= count:
                 break
             if k >= 0:
-                frames[k] = frame.to_ndarray(format="rgb24")
+                frames[k] = reformatter.reformat(frame, format="rgb24").to_ndarray()
     missing = [k for k in range(count) if k not in frames]
     if missing:
         raise ValueError(

@@ -36,6 +36,15 @@ def video_multi_ds(tmp_path_factory):
     return generate_dataset(root, EPISODES, seed=7, frames_per_file=150, progress=False)
 
 
+@pytest.fixture(scope="module")
+def av1_ds(tmp_path_factory):
+    # AV1 (libsvtav1) is what LeRobot itself writes by default.
+    root = tmp_path_factory.mktemp("a") / "ds"
+    return generate_dataset(
+        root, EPISODES, seed=7, video_codec="libsvtav1", frames_per_file=250, progress=False
+    )
+
+
 def _expected(index: int) -> dict:
     return rollout_expert(TabletopEnv(WorldConfig()), episode_seed(7, index))
 
@@ -73,11 +82,13 @@ def test_layout_and_metadata(video_ds):
     assert json.loads(tasks.schema.metadata[b"pandas"])["index_columns"] == ["task"]
 
 
-@pytest.mark.parametrize("which", ["video_ds", "png_ds", "video_multi_ds"])
+@pytest.mark.parametrize("which", ["video_ds", "png_ds", "video_multi_ds", "av1_ds"])
 def test_round_trip(which, request):
     root = request.getfixturevalue(which)
     ds = LeRobotDataset(root, horizon=16)
     assert ds.num_episodes == EPISODES and ds.is_video == (which != "png_ds")
+    if which == "av1_ds":
+        assert ds.info["features"]["observation.images.top"]["info"]["video.codec"] == "av1"
     for index in (0, 3, EPISODES - 1):
         want = _expected(index)
         start, end = ds.episode_rows(index)
@@ -233,3 +244,9 @@ def test_refuses_to_overwrite_without_flag(video_ds, tmp_path):
     generate_dataset(tmp_path / "ds", 2, progress=False, overwrite=True)
     assert not (tmp_path / "ds" / "keep.txt").exists() and LeRobotDataset(tmp_path / "ds").num_episodes == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+def test_unknown_codec_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="video_codec"):
+        generate_dataset(tmp_path / "ds", 1, video_codec="vp9", progress=False)
+    assert list(tmp_path.iterdir()) == []

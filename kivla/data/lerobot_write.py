@@ -1,6 +1,6 @@
 """Write LeRobot v3.0 datasets (pyarrow + PyAV), and generate one from the built-in world.
 
-Images go to an MP4 per file index (libx264, yuv420p, CRF 12, a keyframe every second), or with
+Images go to an MP4 per file index (libx264 by default, yuv420p, a keyframe every second), or with
 `video=False` into the parquet rows as LeRobot stores image features: a struct {bytes: PNG,
 path: null}. The dataset is written into a temporary folder beside the target and renamed into
 place at the end, so an interrupted run never leaves a complete-looking dataset.
@@ -22,8 +22,12 @@ import pyarrow.parquet as pq
 
 from kivla.data import lerobot_format as fmt
 
-VIDEO_CODEC = "libx264"
-VIDEO_OPTIONS = {"crf": "12", "g": "10", "preset": "veryfast", "bf": "0"}
+# Encoder -> (codec name in info.json, options). libx264 is the default; libsvtav1 is LeRobot's default.
+VIDEO_CODECS: dict[str, tuple[str, dict[str, str]]] = {
+    "libx264": ("h264", {"crf": "12", "g": "10", "preset": "veryfast", "bf": "0"}),
+    "libsvtav1": ("av1", {"crf": "20", "g": "10", "preset": "8"}),
+    "mpeg4": ("mpeg4", {"qscale": "2", "g": "10"}),
+}
 PIXEL_SAMPLE = 64  # pixels kept per frame for the image statistics
 
 
@@ -40,13 +44,17 @@ class LeRobotWriter:
         video: bool = True,
         frames_per_file: int = 100_000,
         robot_type: str = "kivla_tabletop",
+        video_codec: str = "libx264",
     ):
+        if video_codec not in VIDEO_CODECS:
+            raise ValueError(f"video_codec: expected one of {sorted(VIDEO_CODECS)}, got {video_codec!r}")
         if frames_per_file < 1:
             raise ValueError(f"frames_per_file: expected >= 1, got {frames_per_file}")
         self.root = Path(root)
         self.fps, self.image_size, self.video = fps, image_size, video
         self.action_names, self.state_names = action_names, state_names
         self.frames_per_file, self.robot_type = frames_per_file, robot_type
+        self.video_codec = video_codec
         self.tasks: dict[str, int] = {}
         self.episodes: list[dict] = []
         self.rows: list[pa.Table] = []  # data rows of the current file
@@ -129,7 +137,8 @@ class LeRobotWriter:
             )
             path.parent.mkdir(parents=True, exist_ok=True)
             self._container = av.open(str(path), mode="w")
-            stream = self._container.add_stream(VIDEO_CODEC, rate=self.fps, options=dict(VIDEO_OPTIONS))
+            options = dict(VIDEO_CODECS[self.video_codec][1])
+            stream = self._container.add_stream(self.video_codec, rate=self.fps, options=options)
             stream.width = stream.height = self.image_size
             stream.pix_fmt = "yuv420p"
             self._stream = stream
@@ -186,7 +195,7 @@ class LeRobotWriter:
             image["info"] = {
                 "video.height": size,
                 "video.width": size,
-                "video.codec": "h264",
+                "video.codec": VIDEO_CODECS[self.video_codec][0],
                 "video.pix_fmt": "yuv420p",
                 "video.is_depth_map": False,
                 "video.fps": self.fps,

@@ -31,6 +31,7 @@ def generate_dataset(
     frames_per_file: int = 100_000,
     overwrite: bool = False,
     progress: bool = True,
+    video_codec: str = "libx264",
 ) -> Path:
     """Write `episodes` successful expert episodes as a LeRobot v3.0 dataset at `out_dir`, atomically.
 
@@ -42,7 +43,13 @@ def generate_dataset(
     out_dir = Path(out_dir)
     env = TabletopEnv(WorldConfig(image_size=image_size, split=split, families=families))
     tmp = atomic_dataset_dir(out_dir, overwrite)
-    writer = LeRobotWriter(tmp, FPS, image_size, ACTION_NAMES, STATE_NAMES, video, frames_per_file)
+    try:
+        writer = LeRobotWriter(
+            tmp, FPS, image_size, ACTION_NAMES, STATE_NAMES, video, frames_per_file, video_codec=video_codec
+        )
+    except ValueError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         bar = _progress(episodes, progress)
         for index in range(episodes):

@@ -148,19 +148,16 @@ def expert_chunk(env: TabletopEnv, horizon: int) -> np.ndarray:
     """float32 [horizon, 4]: the expert's next `horizon` actions (the last one repeated at the end)."""
     if env.scene is None:
         raise ValueError("expert_chunk: call env.reset() first")
+    if horizon < 1:
+        raise ValueError(f"horizon: expected >= 1, got {horizon}")
     cache = env.expert_cache
-    plan, t0 = cache.get("plan"), cache.get("t0", 0)
-    k = env.t - t0
-    followed = plan is not None and 0 <= k and np.array_equal(env.scene.ee, cache["ee"][k])
+    plan, k = cache.get("plan"), env.t - cache.get("t0", 0)
+    # ee[k]: the exact end-effector state expected after k planned steps; past the plan, re-plan.
+    followed = plan is not None and 0 <= k < len(cache["ee"]) and np.array_equal(env.scene.ee, cache["ee"][k])
     if not followed:
-        plan = plan_actions(env.scene, env.task, cache.get("style") or expert_style(env))
-        cache.update(
-            plan=plan,
-            t0=env.t,
-            style=cache.get("style") or expert_style(env),
-            # ee[k]: the exact end-effector state expected after k planned steps.
-            ee=np.concatenate([env.scene.ee[None], plan.astype(np.float64)]),
-        )
+        style = cache.setdefault("style", expert_style(env))
+        plan = plan_actions(env.scene, env.task, style)
+        cache.update(plan=plan, t0=env.t, ee=np.concatenate([env.scene.ee[None], plan.astype(np.float64)]))
         k = 0
     idx = np.minimum(np.arange(k, k + horizon), len(plan) - 1)
     return plan[idx]

@@ -84,3 +84,14 @@ def test_expert_recovers_after_perturbation(family):
                 wins += 1
                 break
     assert wins >= 5
+
+
+def test_oracle_keeps_answering_past_the_plan():
+    env = TabletopEnv(WorldConfig(max_steps=400))
+    env.reset(seed=2, options={"family": "reach"})
+    for _ in range(300):  # far beyond the plan's length, ignoring termination
+        action = expert_action(env)
+        env.step(action)
+    assert env.expert_cache["plan"].shape[1] == 4 and np.isfinite(action).all()
+    with pytest.raises(ValueError, match="horizon"):
+        expert_chunk(env, 0)

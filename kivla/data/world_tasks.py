@@ -122,6 +122,27 @@ def sample_task(
     return task, scene
 
 
+def parse_instruction(text: str) -> tuple[str, str, str] | None:
+    """(color, shape, family) of an instruction from the grammar, or None if it is not one."""
+    import re
+
+    fills = {
+        "target": r"(?P<color>\w+) (?P<shape>\w+)",
+        "dest": r"\w+ \w+",
+        "region": "|".join(REGIONS),
+        "direction": "|".join(DIRECTIONS),
+    }
+    for family, templates in TEMPLATES.items():
+        for template in templates:
+            pattern = re.escape(template)
+            for name, fill in fills.items():
+                pattern = pattern.replace(re.escape("{" + name + "}"), f"(?:{fill})")
+            match = re.fullmatch(pattern, text.strip())
+            if match and match["color"] in COLOR_NAMES and match["shape"] in SHAPES:
+                return match["color"], match["shape"], family
+    return None
+
+
 def is_success(task: Task, scene: Scene) -> bool:
     """The task's success predicate on the current scene."""
     pos = scene.positions[task.target]

@@ -130,3 +130,14 @@ def test_vector_env_matches_single_envs():
         np.testing.assert_array_equal(env.state(), obs["state"][i])
     with pytest.raises(ValueError, match="actions"):
         venv.step(np.zeros((2, ACTION_DIM)))
+
+
+def test_parse_instruction_inverts_the_grammar():
+    from kivla.data.world_tasks import parse_instruction
+
+    rng = np.random.default_rng(1)
+    for i in range(500):
+        task, _ = sample_task(rng, "ood" if i % 3 == 0 else "train")
+        assert parse_instruction(task.instruction) == task.composition
+    assert parse_instruction("put the red circle on the moon") is None
+    assert parse_instruction("push the pink circle left") is None

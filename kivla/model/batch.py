@@ -80,6 +80,10 @@ class KIBatch:
     actions: Tensor | None = None  # float32 [B, H, D], normalized
     action_is_pad: Tensor | None = None  # bool [B, H]
     loss_mask: dict[str, Tensor] = field(default_factory=dict)  # "flow", "fast", "lm": bool [B]
+    # Per-example flow noise and time (k draws each); drawn inside `KIPolicy.forward` when None.
+    # A data pipeline that sets them makes the loss independent of how the batch is split.
+    flow_noise: Tensor | None = None  # float32 [B, k, H, D]
+    flow_time: Tensor | None = None  # float32 [B, k]
 
     @property
     def batch_size(self) -> int:

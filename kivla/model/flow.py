@@ -23,7 +23,11 @@ def sample_time(
 
     Beta(a, 1) has CDF s^a, so s = u^(1/a) with u uniform: exact and seedable by `generator`.
     """
-    u = torch.rand(n, generator=generator, device=device)
+    return time_from_uniform(torch.rand(n, generator=generator, device=device))
+
+
+def time_from_uniform(u: Tensor) -> Tensor:
+    """Map uniform samples u in [0, 1) to training flow times (any shape): s = u^(1/a), t = 1 − s'."""
     s = u.pow(1.0 / BETA_ALPHA)
     return 1.0 - ((1.0 - TIME_EPS) * s + TIME_EPS)
 

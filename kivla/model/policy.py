@@ -142,8 +142,22 @@ class KIPolicy(nn.Module):
         actions = batch.actions[rows].repeat_interleave(k, dim=0)  # [B'k, H, D]
         valid = ~batch.action_is_pad[rows].repeat_interleave(k, dim=0)  # [B'k, H]
         state = batch.state[rows].repeat_interleave(k, dim=0)
-        noise = torch.randn(actions.shape, generator=generator, dtype=actions.dtype)
-        t = flow.sample_time(actions.shape[0], generator=generator).to(actions.dtype)
+        if batch.flow_noise is not None and batch.flow_time is not None:
+            b, (_, h, d) = batch.batch_size, actions.shape
+            if batch.flow_noise.shape != (b, k, h, d) or batch.flow_time.shape != (b, k):
+                raise ValueError(
+                    f"flow_noise / flow_time: expected [B, k={k}, {h}, {d}] and [B, k], got "
+                    f"{list(batch.flow_noise.shape)} and {list(batch.flow_time.shape)}"
+                )
+            noise = batch.flow_noise[rows].flatten(0, 1).to(actions.dtype)  # example-major, like repeat
+            t = batch.flow_time[rows].flatten(0, 1).to(actions.dtype)
+        else:
+            noise = torch.randn(
+                actions.shape, generator=generator, dtype=actions.dtype, device=actions.device
+            )
+            t = flow.sample_time(actions.shape[0], generator=generator, device=actions.device).to(
+                actions.dtype
+            )
         v = self.expert(cache, flow.interpolate(noise, actions, t), t, state)
         error = (v - flow.target_velocity(noise, actions)).pow(2).mean(dim=-1)  # [B'k, H]
         return (error * valid).sum() / valid.sum().clamp(min=1)

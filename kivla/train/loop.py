@@ -152,7 +152,7 @@ class Trainer:
                 (out.total / cfg.grad_accum).backward()
             total += out.total.item() / cfg.grad_accum
             for name, value in out.parts.items():
-                parts[name] = parts.get(name, 0.0) + float(value) / cfg.grad_accum
+                parts[name] = parts.get(name, 0.0) + float(value.detach()) / cfg.grad_accum
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.wrapped.parameters(), cfg.grad_clip))
         finite = self.ctx.all_true(math.isfinite(total) and math.isfinite(grad_norm))
         if finite:

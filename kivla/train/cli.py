@@ -1,0 +1,192 @@
+"""`kivla pretrain`, `kivla train` and `kivla demo`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+SOURCES = ("robot", "caption", "vqa", "text")
+
+
+def _parse_mix(text: str) -> dict[str, float]:
+    """ "robot=0.7,caption=0.1,vqa=0.15,text=0.05" -> dict (missing sources get 0)."""
+    out = dict.fromkeys(SOURCES, 0.0)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or key not in SOURCES:
+            raise argparse.ArgumentTypeError(
+                f"--mix: expected source=weight with source in {SOURCES}, got {part!r}"
+            )
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--mix: {key} weight must be a number, got {value!r}") from None
+    return out
+
+
+def _add_optim_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, help="optimizer steps of the whole run")
+    p.add_argument("--batch-size", type=int, help="global batch size (all ranks, all accumulation steps)")
+    p.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
+    p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)"
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from kivla.model.config import DISCRETE_TARGETS, RECIPES
+
+    pre = subparsers.add_parser(
+        "pretrain",
+        help="language-pretrain the built-in VLM on the world's captions and VQA",
+        description="Trains the built-in backbone on captions, VQA and text from the built-in world so "
+        "that it has language priors to keep, reports VQA accuracy on held-out scenes and saves the "
+        "checkpoint robot training starts from (`kivla train --init`).",
+    )
+    pre.add_argument("--out", required=True, type=Path, help="run directory")
+    pre.add_argument("--size", choices=("tiny", "test"), default="tiny")
+    pre.add_argument("--image-size", type=int, default=64)
+    pre.add_argument("--resume", action="store_true")
+    _add_optim_args(pre)
+    pre.set_defaults(func=run_pretrain)
+
+    train = subparsers.add_parser(
+        "train",
+        help="co-train a policy with a KI recipe on a LeRobot dataset + language data",
+        description="Co-trains a recipe on a mixture of robot action chunks and language examples. "
+        "Checkpoints (safetensors + JSON) are complete policies: `kivla eval --policy <ckpt>`. "
+        "Under `torchrun --nproc_per_node=N` it trains with DDP (or FSDP).",
+    )
+    train.add_argument("--recipe", choices=sorted(RECIPES), default=None, help="default: ki")
+    train.add_argument("--data", type=Path, help="LeRobot v3 dataset directory")
+    train.add_argument("--out", required=True, type=Path, help="run directory")
+    train.add_argument("--init", type=Path, help="pretrained checkpoint: its backbone and vocabulary")
+    train.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its newest checkpoint"
+    )
+    train.add_argument("--size", choices=("tiny", "test"))
+    train.add_argument("--horizon", type=int, help="action chunk length H (default 50)")
+    train.add_argument("--discrete-target", choices=DISCRETE_TARGETS, help="override the recipe's target")
+    train.add_argument(
+        "--tokenizer", type=Path, help="a fitted action tokenizer directory (default: fit one)"
+    )
+    train.add_argument(
+        "--mix", type=_parse_mix, help="source ratios, e.g. robot=0.7,caption=0.1,vqa=0.15,text=0.05"
+    )
+    train.add_argument("--exclude-question-types", nargs="*", help="VQA question types kept out of training")
+    train.add_argument("--grad-accum", type=int)
+    train.add_argument("--warmup-steps", type=int)
+    train.add_argument("--grad-clip", type=float)
+    train.add_argument("--ema-decay", type=float, help="0 turns EMA off")
+    train.add_argument("--precision", choices=("auto", "fp32", "bf16"))
+    train.add_argument("--compile", action="store_true", default=None, help="torch.compile the policy")
+    train.add_argument("--strategy", choices=("ddp", "fsdp"), help="multi-process wrapper under torchrun")
+    train.add_argument("--save-every", type=int)
+    train.add_argument("--keep-last", type=int)
+    train.add_argument("--log-every", type=int)
+    train.add_argument("--stop-at", type=int, help="leave after this step with a checkpoint (resume later)")
+    _add_optim_args(train)
+    train.set_defaults(func=run_train)
+
+    demo = subparsers.add_parser(
+        "demo",
+        help="the main job end to end on the built-in world, with a report",
+        description="Generates world data, pretrains the VLM, fits FAST, trains the ki recipe, "
+        "evaluates it in closed loop against an untrained policy and its language against the "
+        "pretrained backbone, and writes <out>/report.md with plots.",
+    )
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--quick", action="store_true", help="a much smaller run (minutes), for a smoke check")
+    demo.set_defaults(func=run_demo)
+
+
+TRAIN_FLAGS = {
+    "steps": "steps", "batch_size": "batch_size", "lr": "lr", "seed": "seed", "grad_accum": "grad_accum",
+    "warmup_steps": "warmup_steps", "grad_clip": "grad_clip", "precision": "precision", "compile": "compile",
+    "strategy": "strategy", "save_every": "save_every", "keep_last": "keep_last", "log_every": "log_every",
+    "stop_at": "stop_at",
+}  # fmt: skip
+
+
+def build_run_config(args: argparse.Namespace):
+    """RunConfig from flags; with --resume, the run's saved config with the given flags on top."""
+    import dataclasses
+
+    from kivla.train.config import TrainConfig
+    from kivla.train.run import MixtureConfig, RunConfig, load_run_config
+
+    saved = args.out / "run.json"
+    if args.resume and saved.is_file():
+        config = load_run_config(saved)
+    else:
+        if args.data is None:
+            raise ValueError("--data: a LeRobot dataset directory is required (see `kivla world generate`)")
+        config = RunConfig(data=args.data, out=args.out)
+    train = {f: getattr(args, a) for a, f in TRAIN_FLAGS.items() if getattr(args, a, None) is not None}
+    if args.ema_decay is not None:
+        train["ema_decay"] = args.ema_decay or None
+    run = {}
+    for name in ("recipe", "data", "init", "size", "horizon", "discrete_target"):
+        if getattr(args, name) is not None:
+            run[name] = getattr(args, name)
+    if args.tokenizer is not None:
+        run["action_tokenizer"] = args.tokenizer
+    mixture = config.mixture
+    if args.mix is not None:
+        mixture = MixtureConfig(**args.mix, exclude_question_types=mixture.exclude_question_types)
+    if args.exclude_question_types is not None:
+        mixture = dataclasses.replace(mixture, exclude_question_types=tuple(args.exclude_question_types))
+    train_config = TrainConfig.from_dict({**config.train.to_dict(), **train})
+    return dataclasses.replace(config, out=args.out, mixture=mixture, train=train_config, **run)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from kivla.train.distributed import init_distributed, shutdown_distributed
+    from kivla.train.run import train_policy
+
+    config = build_run_config(args)
+    ctx = init_distributed()
+    try:
+        outcome = train_policy(
+            config, progress=not args.no_progress and ctx.is_main, resume=args.resume, ctx=ctx
+        )
+    finally:
+        shutdown_distributed()
+    if ctx.is_main:
+        last = outcome.history[-1] if outcome.history else {}
+        losses = ", ".join(
+            f"{k.removeprefix('loss/')} {v:.4f}" for k, v in last.items() if k.startswith("loss/")
+        )
+        print(f"trained {config.recipe} for {config.train.steps} steps: {losses}")
+        print(f"checkpoint: {outcome.checkpoints[-1]}")
+    return 0
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    from kivla.train.distributed import init_distributed, shutdown_distributed
+    from kivla.train.run import PretrainConfig, pretrain_backbone
+
+    values = {
+        k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed") if getattr(args, k) is not None
+    }
+    config = PretrainConfig(out=args.out, size=args.size, image_size=args.image_size, **values)
+    ctx = init_distributed()
+    try:
+        checkpoint = pretrain_backbone(config, progress=not args.no_progress and ctx.is_main, resume=args.resume,
+                                       ctx=ctx)  # fmt: skip
+    finally:
+        shutdown_distributed()
+    if ctx.is_main:
+        from kivla.train.report import pretrain_summary
+
+        print(pretrain_summary(checkpoint))
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from kivla.train.demo import DEMO, QUICK, run_demo_pipeline
+
+    report = run_demo_pipeline(args.out, QUICK if args.quick else DEMO)
+    print(f"report: {report}")
+    return 0

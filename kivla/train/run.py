@@ -1,0 +1,363 @@
+"""Assemble a run: data, tokenizers, policy and trainer, for language pretraining and robot co-training.
+
+`pretrain_backbone` trains the built-in VLM on the world's captions / VQA / text so that it has
+language priors to keep; `train_policy` co-trains a recipe on a mixture of robot chunks and
+language examples, starting from such a backbone (`init`) or from scratch. Both write checkpoints
+that are complete policy bundles (`kivla.model.bundle`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kivla.data.example import Example
+from kivla.data.language import corpus_words, language_examples
+from kivla.data.normalize import QuantileNormalizer
+from kivla.model import flow
+from kivla.model.batch import STATE_BINS, BatchBuilder, KIBatch, VocabLayout
+from kivla.model.bundle import ACTION_KEY, STATE_KEY, PolicyBundle
+from kivla.model.config import BackboneConfig, ExpertConfig, KIPolicyConfig, recipe_config
+from kivla.model.policy import KIPolicy
+from kivla.model.text import TextTokenizer
+from kivla.train.atomic import write_json
+from kivla.train.checkpoint import latest_checkpoint, list_checkpoints
+from kivla.train.config import TrainConfig
+from kivla.train.distributed import DistContext, init_distributed
+from kivla.train.loop import Trainer
+from kivla.train.metrics import read_metrics
+
+SIZES = ("tiny", "test")
+ACTION_VOCAB_RESERVED = 1024  # ids kept at the end of the vocabulary for any discrete action target
+MAX_PROMPT_LEN, MAX_SUFFIX_LEN = 48, 72
+SOURCES = ("robot", "caption", "vqa", "text")
+
+
+@dataclass
+class MixtureConfig:
+    """Share of each source in a batch (normalized), and VQA question types kept out of training."""
+
+    robot: float = 0.7
+    caption: float = 0.1
+    vqa: float = 0.15
+    text: float = 0.05
+    exclude_question_types: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        weights = self.weights()
+        if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+            raise ValueError(
+                f"MixtureConfig: expected non-negative ratios with a positive sum, got {weights}"
+            )
+        self.exclude_question_types = tuple(self.exclude_question_types)
+
+    def weights(self) -> dict[str, float]:
+        return {k: float(getattr(self, k)) for k in SOURCES}
+
+
+@dataclass
+class RunConfig:
+    recipe: str = "ki"
+    data: Path | str | None = None  # LeRobot v3 dataset directory
+    out: Path | str = "runs/train"
+    init: Path | str | None = None  # a pretrained bundle / checkpoint: its backbone and text tokenizer
+    size: str = "tiny"  # tiny: the default 5M-parameter policy; test: a very small one for tests
+    horizon: int = 50
+    discrete_target: str | None = None  # override the recipe's target (fast | binning | wavelet | vq | none)
+    action_tokenizer: Path | str | None = None  # a fitted tokenizer directory instead of fitting one
+    tokenizer_fit_chunks: int = 4000  # chunks sampled from the data to fit the tokenizer
+    policy_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"fast_weight": 0.5}
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.size not in SIZES:
+            raise ValueError(f"RunConfig.size: expected one of {SIZES}, got {self.size!r}")
+        if self.horizon < 1:
+            raise ValueError(f"RunConfig.horizon: expected >= 1, got {self.horizon}")
+        if self.mixture.robot > 0 and self.data is None:
+            raise ValueError("RunConfig.data: a LeRobot dataset directory is required when mixture.robot > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+
+
+@dataclass
+class PretrainConfig:
+    out: Path | str = "runs/pretrain"
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    size: str = "tiny"
+    image_size: int = 64
+    mixture: MixtureConfig = field(
+        default_factory=lambda: MixtureConfig(robot=0.0, caption=0.3, vqa=0.6, text=0.1)
+    )
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    checkpoints: list[Path]  # bundle directories, oldest first
+    history: list[dict[str, Any]]  # metrics.jsonl records
+
+
+# -- building blocks -------------------------------------------------------------------------------
+def policy_config(
+    size: str, image_size: int, vocab_size: int, horizon: int, action_dim: int, state_dim: int
+) -> KIPolicyConfig:
+    """The architecture of a size for the data's shapes (the recipe is applied on top)."""
+    expert = dict(horizon=horizon, action_dim=action_dim, state_dim=state_dim)
+    if size == "tiny":
+        patch = max(1, image_size // 8)  # 64 image tokens
+        backbone = BackboneConfig(vocab_size=vocab_size, image_size=image_size, patch_size=patch)
+        return KIPolicyConfig(backbone=backbone, expert=ExpertConfig(**expert))
+    backbone = BackboneConfig(
+        vocab_size=vocab_size,
+        width=32,
+        depth=2,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=16,
+        mlp_hidden=64,
+        image_size=image_size,
+        patch_size=image_size // 4,
+    )
+    return KIPolicyConfig(
+        backbone=backbone,
+        expert=ExpertConfig(width=24, num_heads=2, mlp_hidden=48, time_embedding_dim=16, **expert),
+    )
+
+
+def fit_text_tokenizer(extra: list[str] = ()) -> TextTokenizer:
+    """Word-level vocabulary of everything the world can say, plus `extra` texts (dataset tasks)."""
+    return TextTokenizer.fit([" ".join(corpus_words()), *extra])
+
+
+class MixtureBatches:
+    """`batch_fn` for the Trainer: example i of (step, micro) is a pure function of its indices.
+
+    So a resumed run, or a run split over ranks, sees exactly the examples a single run would.
+    Each example also draws its own flow noise and time, for the same reason.
+    """
+
+    def __init__(
+        self,
+        builder: BatchBuilder,
+        mixture: MixtureConfig,
+        seed: int,
+        dataset=None,
+        normalizer: QuantileNormalizer | None = None,
+        image_size: int = 64,
+        flow_samples: int = 1,
+    ) -> None:
+        self.builder, self.mixture, self.seed = builder, mixture, seed
+        self.dataset, self.normalizer, self.image_size = dataset, normalizer, image_size
+        self.flow_samples = flow_samples
+        weights = mixture.weights()
+        self.probs = np.array([weights[k] for k in SOURCES]) / sum(weights.values())
+        if self.probs[0] > 0 and dataset is None:
+            raise ValueError("mixture.robot > 0 needs a robot dataset")
+
+    def example(self, rng: np.random.Generator) -> Example:
+        source = SOURCES[int(rng.choice(len(SOURCES), p=self.probs))]
+        if source == "robot":
+            item = self.dataset[int(rng.integers(len(self.dataset)))]
+            return Example(
+                prompt=item["task"], image=item.get("image"),
+                actions=self.normalizer.normalize(ACTION_KEY, item["actions"]),
+                action_is_pad=item["action_is_pad"],
+                state=self.normalizer.normalize(STATE_KEY, item["state"]),
+                kind="robot", flow=True, fast=True,
+            )  # fmt: skip
+        stream = language_examples(
+            seed=int(rng.integers(2**31)), kinds=(source,), image_size=self.image_size,
+            exclude_question_types=self.mixture.exclude_question_types,
+        )  # fmt: skip
+        return next(stream).to_example()
+
+    def __call__(self, step: int, micro: int, rank: int, world_size: int, n: int) -> KIBatch:
+        examples, noise, times = [], [], []
+        h, d = self.builder.horizon, self.builder.action_dim
+        for j in range(n):
+            rng = np.random.default_rng([self.seed, step, micro, rank * n + j])
+            examples.append(self.example(rng))
+            noise.append(rng.standard_normal((self.flow_samples, h, d), dtype=np.float32))
+            times.append(rng.random(self.flow_samples))
+        batch = self.builder.collate(examples)
+        batch.flow_noise = torch.from_numpy(np.stack(noise))  # [B, k, H, D]
+        batch.flow_time = flow.time_from_uniform(torch.from_numpy(np.stack(times))).float()  # [B, k]
+        return batch
+
+
+def _open_dataset(data: Path | str, horizon: int):
+    from kivla.data.lerobot import LeRobotDataset
+
+    dataset = LeRobotDataset(data, horizon=horizon)
+    return dataset, QuantileNormalizer.from_stats(dataset.stats, (ACTION_KEY, STATE_KEY))
+
+
+def _action_tokenizer(config: RunConfig, target: str):
+    from kivla.tokenizers import fit_tokenizer, load_tokenizer
+    from kivla.tokenizers.data import load_chunks
+
+    if target == "none":
+        return None
+    if config.action_tokenizer is not None:
+        tokenizer = load_tokenizer(config.action_tokenizer)
+    else:
+        chunks = load_chunks(config.data, config.horizon, max_chunks=config.tokenizer_fit_chunks)
+        tokenizer = fit_tokenizer(target, chunks)
+    if tokenizer.vocab_size > ACTION_VOCAB_RESERVED:
+        raise ValueError(
+            f"action tokenizer: vocab_size {tokenizer.vocab_size} exceeds the {ACTION_VOCAB_RESERVED} "
+            "ids reserved for actions in the backbone vocabulary"
+        )
+    if tokenizer.horizon != config.horizon:
+        raise ValueError(
+            f"action tokenizer: horizon {tokenizer.horizon} != RunConfig.horizon {config.horizon}"
+        )
+    return tokenizer
+
+
+def _run_trainer(
+    bundle: PolicyBundle,
+    batches: MixtureBatches,
+    train: TrainConfig,
+    out: Path,
+    run_json: dict[str, Any],
+    progress: bool,
+    resume: bool,
+    ctx: DistContext | None,
+) -> RunOutcome:
+    ctx = ctx or init_distributed()
+    if ctx.is_main:
+        write_json(out / "run.json", run_json)
+    trainer = Trainer(
+        bundle.policy,
+        train,
+        batches,
+        out,
+        ctx=ctx,
+        write_extra=lambda d: bundle.write_files(d, weights=False),
+        progress=progress,
+    )
+    trainer.fit(resume=resume)
+    ctx.barrier()
+    metrics = out / "metrics.jsonl"
+    history = read_metrics(metrics) if metrics.is_file() else []
+    return RunOutcome(run_dir=out, checkpoints=list_checkpoints(out / "checkpoints"), history=history)
+
+
+# -- entry points ----------------------------------------------------------------------------------
+def pretrain_backbone(
+    config: PretrainConfig, progress: bool = True, resume: bool = False, ctx: DistContext | None = None
+) -> Path:
+    """Language pretraining of the built-in VLM; returns the final checkpoint (a policy bundle)."""
+    out = Path(config.out)
+    text = fit_text_tokenizer()
+    layout = VocabLayout(text.vocab_size, STATE_BINS, ACTION_VOCAB_RESERVED)
+    from kivla.data.world_env import ACTION_DIM, STATE_DIM
+
+    arch = policy_config(config.size, config.image_size, layout.vocab_size, 50, ACTION_DIM, STATE_DIM)
+    policy_cfg = dataclasses.replace(arch, flow_weight=0.0, fast_weight=0.0, discrete_target="none")
+    torch.manual_seed(config.seed)
+    policy = KIPolicy(policy_cfg)
+    builder = BatchBuilder(text, None, image_size=config.image_size, horizon=50, action_dim=ACTION_DIM,
+                           state_dim=STATE_DIM, max_prompt_len=MAX_PROMPT_LEN, max_suffix_len=MAX_SUFFIX_LEN,
+                           layout=layout)  # fmt: skip
+    bundle = PolicyBundle(policy, builder, None, recipe="pretrain")
+    batches = MixtureBatches(builder, config.mixture, config.seed, image_size=config.image_size)
+    train = TrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+                        warmup_steps=min(50, config.steps // 10), save_every=config.steps, keep_last=1,
+                        ema_decay=None, log_every=max(1, min(10, config.steps // 20)))  # fmt: skip
+    record = {"pretrain": {**dataclasses.asdict(config), "out": str(out)}}
+    outcome = _run_trainer(bundle, batches, train, out, record, progress, resume, ctx)
+    return outcome.checkpoints[-1]
+
+
+def train_policy(
+    config: RunConfig, progress: bool = True, resume: bool = False, ctx: DistContext | None = None
+) -> RunOutcome:
+    """Co-train `config.recipe` on the dataset + language mixture; checkpoints are policy bundles."""
+    out = Path(config.out)
+    dataset, normalizer = _open_dataset(config.data, config.horizon)
+    image_size = dataset.info["features"][dataset.image_key]["shape"][0] if dataset.image_key else 64
+    base, start = None, config.init
+    if resume:
+        # The newest checkpoint fixes the vocabulary and the action tokenizer; the trainer then
+        # restores its weights, optimizer and schedule.
+        start = latest_checkpoint(out / "checkpoints")
+        if start is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {out / 'checkpoints'}")
+        if (start / "action_tokenizer").is_dir():
+            config = dataclasses.replace(config, action_tokenizer=start / "action_tokenizer")
+    if start is not None:
+        base = PolicyBundle.load(start, weights="model")
+        text, layout = base.builder.text, base.builder.layout
+    else:
+        text = fit_text_tokenizer(sorted(set(dataset.tasks.values())))
+        layout = VocabLayout(text.vocab_size, STATE_BINS, ACTION_VOCAB_RESERVED)
+    arch = policy_config(
+        config.size, image_size, layout.vocab_size, config.horizon, dataset.action_dim, dataset.state_dim
+    )
+    if base is not None:
+        arch = dataclasses.replace(arch, backbone=base.config.backbone)
+    overrides = dict(config.policy_overrides)
+    if config.discrete_target is not None:
+        overrides["discrete_target"] = config.discrete_target
+    policy_cfg = recipe_config(config.recipe, arch, **overrides)
+    tokenizer = (
+        _action_tokenizer(config, policy_cfg.discrete_target) if policy_cfg.uses_discrete_loss else None
+    )
+    torch.manual_seed(config.train.seed)
+    policy = KIPolicy(policy_cfg)
+    if base is not None:
+        backbone_state = {
+            k.removeprefix("backbone."): v
+            for k, v in base.policy.state_dict().items()
+            if k.startswith("backbone.")
+        }
+        policy.backbone.load_state_dict(backbone_state)
+    builder = BatchBuilder(text, tokenizer, image_size=image_size, horizon=config.horizon,
+                           action_dim=dataset.action_dim, state_dim=dataset.state_dim,
+                           state_input=policy_cfg.state_input, max_prompt_len=MAX_PROMPT_LEN,
+                           max_suffix_len=MAX_SUFFIX_LEN, layout=layout)  # fmt: skip
+    bundle = PolicyBundle(policy, builder, normalizer, recipe=config.recipe)
+    batches = MixtureBatches(
+        builder,
+        config.mixture,
+        config.train.seed,
+        dataset,
+        normalizer,
+        image_size,
+        policy_cfg.flow_samples_per_example,
+    )
+    return _run_trainer(bundle, batches, config.train, out, {"run": config.to_dict()}, progress, resume, ctx)
+
+
+def load_run_config(path: Path | str) -> RunConfig:
+    """The RunConfig a run directory was started with (its run.json)."""
+    d = json.loads(Path(path).read_text())["run"]
+    d["mixture"] = MixtureConfig(**d["mixture"])
+    d["train"] = TrainConfig.from_dict(d["train"])
+    return RunConfig(**d)
+
+
+__all__ = [
+    "MixtureConfig",
+    "PretrainConfig",
+    "RunConfig",
+    "RunOutcome",
+    "load_run_config",
+    "pretrain_backbone",
+    "train_policy",
+]
