@@ -304,10 +304,9 @@ def pretrain_backbone(
     return outcome.checkpoints[-1]
 
 
-def train_policy(
-    config: RunConfig, progress: bool = True, resume: bool = False, ctx: DistContext | None = None
-) -> RunOutcome:
-    """Co-train `config.recipe` on the dataset + language mixture; checkpoints are policy bundles."""
+def build_policy(config: RunConfig, resume: bool = False) -> tuple[PolicyBundle, MixtureBatches]:
+    """The bundle a run starts from (backbone from `init`, fresh expert, fitted action tokenizer)
+    and its batch function. With `resume`, the vocabulary and tokenizer of the newest checkpoint."""
     out = Path(config.out)
     dataset, normalizer = _open_dataset(config.data, config.horizon)
     image_size = dataset.info["features"][dataset.image_key]["shape"][0] if dataset.image_key else 64
@@ -362,7 +361,16 @@ def train_policy(
         policy_cfg.flow_samples_per_example,
         config.train.grad_accum,
     )
-    return _run_trainer(bundle, batches, config.train, out, {"run": config.to_dict()}, progress, resume, ctx)
+    return bundle, batches
+
+
+def train_policy(
+    config: RunConfig, progress: bool = True, resume: bool = False, ctx: DistContext | None = None
+) -> RunOutcome:
+    """Co-train `config.recipe` on the dataset + language mixture; checkpoints are policy bundles."""
+    bundle, batches = build_policy(config, resume)
+    run_json = {"run": config.to_dict()}
+    return _run_trainer(bundle, batches, config.train, Path(config.out), run_json, progress, resume, ctx)
 
 
 def load_run_config(path: Path | str) -> RunConfig:
@@ -378,6 +386,7 @@ __all__ = [
     "PretrainConfig",
     "RunConfig",
     "RunOutcome",
+    "build_policy",
     "load_run_config",
     "pretrain_backbone",
     "train_policy",
