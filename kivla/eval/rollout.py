@@ -8,7 +8,8 @@ every family gets the same number of episodes, and each episode's seed is a pure
 
 Follow rate (did the policy act on what the instruction names), from env state:
 - The *engaged* object of an episode is the first object the end effector acts on: the first
-  object that is grasped or moves (objects only move when held or pushed), or that the end
+  object that is grasped or has moved more than ENGAGE_MOVE from its start (objects only move
+  when held or pushed; the threshold ignores a graze while pushing a neighbour), or that the end
   effector hovers over low (planar distance < OBJECT_RADIUS and height < REACH_MAX_HEIGHT, the
   height under which `reach` counts). Ties in one step go to the object nearest the end effector.
 - place_on, place_in, reach: followed iff the engaged object is the instruction's target.
@@ -32,6 +33,7 @@ from kivla.data.world_scene import OBJECT_RADIUS
 from kivla.data.world_tasks import DIRECTIONS, FAMILIES, REACH_MAX_HEIGHT, SPLITS
 
 FOLLOW_PUSH_MIN = 0.05  # table units the target must move along the named direction
+ENGAGE_MOVE = 0.02  # displacement from its start that makes an object engaged
 EVAL_SALT = 7_311_977  # keeps evaluation seeds apart from dataset seeds (SeedSequence entropy)
 
 
@@ -166,13 +168,13 @@ class FollowTracker:
 
     def __init__(self, env) -> None:
         self.env = env
-        self.prev = env.scene.positions.copy()
+        self.start = env.scene.positions.copy()
         self.engaged = -1
 
     def update(self) -> None:
         scene = self.env.scene
         if self.engaged < 0:
-            moved = np.linalg.norm(scene.positions - self.prev, axis=1) > 1e-9
+            moved = np.linalg.norm(scene.positions - self.start, axis=1) > ENGAGE_MOVE
             dist = np.linalg.norm(scene.positions - scene.ee[:2], axis=1)
             hover = (dist < OBJECT_RADIUS) & (scene.ee[2] < REACH_MAX_HEIGHT)
             candidates = moved | hover
@@ -180,7 +182,6 @@ class FollowTracker:
                 candidates[scene.held] = True
             if candidates.any():
                 self.engaged = int(np.flatnonzero(candidates)[np.argmin(dist[candidates])])
-        self.prev = scene.positions.copy()
 
     def followed(self) -> bool:
         task, scene = self.env.task, self.env.scene

@@ -174,7 +174,8 @@ class StudyConfig:
         return f"{self.study}_study"
 
     def resolved_budget(self) -> Budget:
-        return replace(BUDGETS[self.budget], **self.overrides)
+        budget = replace(BUDGETS[self.budget], **self.overrides)
+        return replace(budget, save_every=min(budget.save_every, budget.steps))
 
     def variant_names(self) -> list[str]:
         return list(self.variants or VARIANTS[self.study])
