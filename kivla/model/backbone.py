@@ -15,7 +15,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from kivla.model.config import BackboneConfig
-from kivla.model.layers import QKVProjection, RMSNorm, SwiGLU, attend, rope_tables
+from kivla.model.layers import QKVProjection, RMSNorm, SwiGLU, additive_mask, attend, rope_tables
 from kivla.model.masks import backbone_attention_mask, following_positions, prefix_positions
 
 
@@ -130,7 +130,7 @@ class TinyVLM(Backbone):
             positions = torch.cat([positions, following_positions(prefix_valid, suffix_mask)], dim=1)
         else:
             suffix_mask = prefix_valid[:, :0]
-        mask = backbone_attention_mask(prefix_valid, suffix_mask)
+        mask = additive_mask(backbone_attention_mask(prefix_valid, suffix_mask), x.dtype)
         rope = rope_tables(positions, self.head_dim, self.rope_theta, x.dtype)
         keys, values = [], []
         for layer in self.layers:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from kivla.model.backbone import Backbone, PrefixCache
 from kivla.model.config import ExpertConfig
-from kivla.model.layers import QKVProjection, SwiGLU, ada_rms_norm, attend, rope_tables
+from kivla.model.layers import QKVProjection, SwiGLU, ada_rms_norm, additive_mask, attend, rope_tables
 from kivla.model.masks import expert_attention_mask
 
 
@@ -42,7 +42,7 @@ class ExpertLayer(nn.Module):
         prefix_v: Tensor,
         mask: Tensor,
     ) -> Tensor:
-        """x [B, E, W]; prefix_k/v [B, kv, Np, hd]; mask [B, E, Np + E]."""
+        """x [B, E, W]; prefix_k/v [B, kv, Np, hd]; mask additive [B, 1, E, Np + E]."""
         h, gate = ada_rms_norm(x, modulation[:, 0])
         q, k, v = self.attn(h, rope)
         keys = torch.cat([prefix_k, k], dim=2)
@@ -97,7 +97,7 @@ class ActionExpert(nn.Module):
                 raise ValueError("state: required when the state enters as an expert token")
             x = torch.cat([self.state_in(state)[:, None], x], dim=1)
         num_expert = x.shape[1]
-        mask = expert_attention_mask(cache.valid, num_expert)
+        mask = additive_mask(expert_attention_mask(cache.valid, num_expert), x.dtype)
         # Expert positions continue after the valid prefix; the suffix never enters this stream.
         start = cache.valid.long().sum(dim=1, keepdim=True)
         positions = start + torch.arange(num_expert, device=x.device)[None]
