@@ -15,7 +15,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from kivla.model.config import BackboneConfig
-from kivla.model.layers import QKVProjection, RMSNorm, SwiGLU, attend, rope_tables
+from kivla.model.layers import QKVProjection, RMSNorm, SwiGLU, additive_mask, attend, rope_tables
 from kivla.model.masks import backbone_attention_mask, following_positions, prefix_positions
 
 
@@ -90,10 +90,17 @@ class DecoderLayer(nn.Module):
         self.mlp_norm = RMSNorm(c.width)
         self.mlp = SwiGLU(c.width, c.mlp_hidden)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x [B, N, W] -> (x, k [B, kv, N, hd], v [B, kv, N, hd])."""
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor, queries_from: int = 0
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """x [B, N, W] -> (x [B, N - queries_from, W], k [B, kv, N, hd], v [B, kv, N, hd]).
+
+        Tokens before `queries_from` contribute keys/values only; their outputs are not computed."""
         q, k, v = self.attn(self.attn_norm(x), rope)
-        x = x + self.attn.out(attend(q, k, v, mask))
+        x = x[:, queries_from:]
+        if x.shape[1] == 0:
+            return x, k, v
+        x = x + self.attn.out(attend(q[:, :, queries_from:], k, v, mask[:, :, queries_from:]))
         x = x + self.mlp(self.mlp_norm(x))
         return x, k, v
 
@@ -130,14 +137,17 @@ class TinyVLM(Backbone):
             positions = torch.cat([positions, following_positions(prefix_valid, suffix_mask)], dim=1)
         else:
             suffix_mask = prefix_valid[:, :0]
-        mask = backbone_attention_mask(prefix_valid, suffix_mask)
+        mask = additive_mask(backbone_attention_mask(prefix_valid, suffix_mask), x.dtype)
         rope = rope_tables(positions, self.head_dim, self.rope_theta, x.dtype)
         keys, values = [], []
-        for layer in self.layers:
-            x, k, v = layer(x, rope, mask)
+        for i, layer in enumerate(self.layers):
+            # After the last layer nothing reads the prefix tokens' outputs (the expert and the
+            # suffix read their K/V), so that layer computes outputs for the suffix only.
+            last = i == len(self.layers) - 1
+            x, k, v = layer(x, rope, mask, queries_from=num_prefix if last else 0)
             keys.append(k[:, :, :num_prefix])
             values.append(v[:, :, :num_prefix])
-        suffix_hidden = self.final_norm(x[:, num_prefix:]) if x.shape[1] > num_prefix else None
+        suffix_hidden = self.final_norm(x) if x.shape[1] > 0 else None  # x: the suffix only now
         return BackboneOutput(PrefixCache(keys, values, prefix_valid), suffix_hidden)
 
     def lm_logits(self, hidden: Tensor) -> Tensor:

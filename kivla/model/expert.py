@@ -8,13 +8,14 @@ expert's tokens are the H noisy action steps, optionally preceded by one state t
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from kivla.model.backbone import Backbone, PrefixCache
 from kivla.model.config import ExpertConfig
-from kivla.model.layers import QKVProjection, SwiGLU, ada_rms_norm, attend, rope_tables
+from kivla.model.layers import QKVProjection, SwiGLU, ada_rms_norm, additive_mask, attend, rope_tables
 from kivla.model.masks import expert_attention_mask
 
 
@@ -24,6 +25,12 @@ def time_embedding(t: Tensor, dim: int, min_period: float = 4e-3, max_period: fl
     period = min_period * (max_period / min_period) ** fraction
     angles = t.to(torch.float32)[:, None] * (2 * math.pi / period)
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+@dataclass
+class ExpertContext:
+    mask: Tensor  # additive [B, 1, E, Np + E]
+    rope: tuple[Tensor, Tensor]  # cos, sin [B, 1, E, head_dim / 2]
 
 
 class ExpertLayer(nn.Module):
@@ -42,7 +49,7 @@ class ExpertLayer(nn.Module):
         prefix_v: Tensor,
         mask: Tensor,
     ) -> Tensor:
-        """x [B, E, W]; prefix_k/v [B, kv, Np, hd]; mask [B, E, Np + E]."""
+        """x [B, E, W]; prefix_k/v [B, kv, Np, hd]; mask additive [B, 1, E, Np + E]."""
         h, gate = ada_rms_norm(x, modulation[:, 0])
         q, k, v = self.attn(h, rope)
         keys = torch.cat([prefix_k, k], dim=2)
@@ -84,26 +91,37 @@ class ActionExpert(nn.Module):
         self.action_out = nn.Linear(c.width, c.action_dim)
         self.head_dim, self.rope_theta = backbone.head_dim, backbone.rope_theta
 
+    def context(self, cache: PrefixCache, num_actions: int, dtype: torch.dtype) -> ExpertContext:
+        """Mask and RoPE tables of the expert tokens; they depend on the prefix only, so sampling
+        builds them once for all Euler steps."""
+        num_expert = num_actions + (1 if self.state_in is not None else 0)
+        mask = additive_mask(expert_attention_mask(cache.valid, num_expert), dtype)
+        # Expert positions continue after the valid prefix; the suffix never enters this stream.
+        start = cache.valid.long().sum(dim=1, keepdim=True)
+        positions = start + torch.arange(num_expert, device=cache.valid.device)[None]
+        return ExpertContext(mask, rope_tables(positions, self.head_dim, self.rope_theta, dtype))
+
     def forward(
-        self, cache: PrefixCache, noisy_actions: Tensor, t: Tensor, state: Tensor | None = None
+        self,
+        cache: PrefixCache,
+        noisy_actions: Tensor,
+        t: Tensor,
+        state: Tensor | None = None,
+        context: ExpertContext | None = None,
     ) -> Tensor:
         """cache: per-layer prefix K/V [B, ...]; noisy_actions [B, H, D]; t [B]; state [B, S] -> [B, H, D]."""
         if len(cache.keys) != len(self.layers):
             raise ValueError(f"cache: expected {len(self.layers)} layers of K/V, got {len(cache.keys)}")
+        if context is None:
+            context = self.context(cache, noisy_actions.shape[1], noisy_actions.dtype)
         cond = self.time_mlp(time_embedding(t, self.config.time_embedding_dim).to(noisy_actions.dtype))
         x = self.action_in(noisy_actions)  # [B, H, W]
         if self.state_in is not None:
             if state is None:
                 raise ValueError("state: required when the state enters as an expert token")
             x = torch.cat([self.state_in(state)[:, None], x], dim=1)
-        num_expert = x.shape[1]
-        mask = expert_attention_mask(cache.valid, num_expert)
-        # Expert positions continue after the valid prefix; the suffix never enters this stream.
-        start = cache.valid.long().sum(dim=1, keepdim=True)
-        positions = start + torch.arange(num_expert, device=x.device)[None]
-        rope = rope_tables(positions, self.head_dim, self.rope_theta, x.dtype)
         modulation = self.modulation(cond).view(x.shape[0], self.num_norms, -1)
         for i, (layer, k, v) in enumerate(zip(self.layers, cache.keys, cache.values, strict=True)):
-            x = layer(x, modulation[:, 2 * i : 2 * i + 2], rope, k, v, mask)
+            x = layer(x, modulation[:, 2 * i : 2 * i + 2], context.rope, k, v, context.mask)
         h, _ = ada_rms_norm(x, modulation[:, -1])
-        return self.action_out(h[:, num_expert - noisy_actions.shape[1] :])
+        return self.action_out(h[:, x.shape[1] - noisy_actions.shape[1] :])

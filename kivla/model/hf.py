@@ -8,6 +8,7 @@ a local directory only (`local_files_only=True`, never `trust_remote_code`).
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -68,13 +69,25 @@ class HFBackbone(Backbone):
         allowed = backbone_attention_mask(prefix_valid, suffix_mask)[:, None]  # [B, 1, N, N]
         additive = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
         additive.masked_fill_(~allowed, torch.finfo(x.dtype).min)  # works with eager and sdpa attention
-        cache = self._cache_class(config=self.text_model.config)
-        out = self.text_model(
-            inputs_embeds=x, attention_mask=additive, position_ids=positions, cache=cache, use_cache=True
+        try:
+            cache = self._cache_class(config=self.text_model.config)
+        except TypeError:  # older transformers: no config argument
+            cache = self._cache_class()
+        # transformers 5 names the argument `cache`; 4.x `past_key_values`. The cache object is
+        # filled in place either way.
+        cache_kwarg = (
+            "cache" if "cache" in inspect.signature(self.text_model.forward).parameters else "past_key_values"
         )
-        layers = out.cache.layers
-        keys = [layer.keys[:, :, :num_prefix] for layer in layers]
-        values = [layer.values[:, :, :num_prefix] for layer in layers]
+        out = self.text_model(
+            inputs_embeds=x,
+            attention_mask=additive,
+            position_ids=positions,
+            use_cache=True,
+            **{cache_kwarg: cache},
+        )
+        keys, values = _cache_tensors(cache)
+        keys = [k[:, :, :num_prefix] for k in keys]
+        values = [v[:, :, :num_prefix] for v in values]
         hidden = out.last_hidden_state  # already final-normed
         suffix_hidden = hidden[:, num_prefix:] if hidden.shape[1] > num_prefix else None
         return BackboneOutput(PrefixCache(keys, values, prefix_valid), suffix_hidden)
@@ -88,6 +101,13 @@ class HFBackbone(Backbone):
         }
         body = [p for p in self.parameters() if id(p) not in embeddings]
         return {"backbone": body, "embeddings": list(embeddings.values())}
+
+
+def _cache_tensors(cache) -> tuple[list[Tensor], list[Tensor]]:
+    """Per-layer keys and values [B, kv, N, hd] of a filled DynamicCache (transformers 4.x or 5)."""
+    if hasattr(cache, "layers"):
+        return [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
+    return list(cache.key_cache), list(cache.value_cache)
 
 
 class _PaliGemmaVision(nn.Module):

@@ -75,15 +75,21 @@ class QKVProjection(nn.Module):
         return qk[:, :h], qk[:, h:], qkv[:, h + kv :]
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-    """Grouped-query attention. q [B, h, Nq, hd]; k, v [B, kv, Nk, hd]; mask bool [B, Nq, Nk].
+def additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    """bool [B, Nq, Nk] (True = may attend) -> additive [B, 1, Nq, Nk] (0 or −inf), built once a
+    forward pass instead of once a layer. Every row must allow at least one key."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed, float("-inf"))[:, None]
 
-    Returns [B, Nq, h·hd]."""
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    """Grouped-query attention. q [B, h, Nq, hd]; k, v [B, kv, Nk, hd]; mask from `additive_mask`
+    [B, 1, Nq, Nk]. Returns [B, Nq, h·hd]."""
     out = F.scaled_dot_product_attention(
         q,
         k,
         v,
-        attn_mask=mask[:, None],
+        attn_mask=mask,
         scale=1.0 / math.sqrt(q.shape[-1]),
         enable_gqa=q.shape[1] != k.shape[1],
     )

@@ -1,6 +1,6 @@
 import torch
 
-from kivla.model.layers import RMSNorm, ada_rms_norm, apply_rope, attend, rope_tables
+from kivla.model.layers import RMSNorm, ada_rms_norm, additive_mask, apply_rope, attend, rope_tables
 
 
 def test_rope_scores_depend_only_on_relative_position():
@@ -31,6 +31,16 @@ def test_grouped_query_attention_equals_repeated_kv():
     q, k, v = torch.randn(2, 4, 5, 8), torch.randn(2, 2, 7, 8), torch.randn(2, 2, 7, 8)
     mask = torch.rand(2, 5, 7) > 0.3
     mask[..., 0] = True
-    out = attend(q, k, v, mask)
-    full = attend(q, k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1), mask)
+    out = attend(q, k, v, additive_mask(mask, q.dtype))
+    full = attend(
+        q, k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1), additive_mask(mask, q.dtype)
+    )
     torch.testing.assert_close(out, full)
+    # Masked keys have no influence at all.
+    k2, v2 = k.clone(), v.clone()
+    k2[0, :, 3], v2[0, :, 3] = 100.0, -100.0
+    only = torch.ones(2, 5, 7, dtype=torch.bool)
+    only[0, :, 3] = False
+    a = attend(q, k, v, additive_mask(only, q.dtype))[0]
+    b = attend(q, k2, v2, additive_mask(only, q.dtype))[0]
+    torch.testing.assert_close(a, b, atol=0, rtol=0)

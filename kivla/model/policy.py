@@ -225,11 +225,14 @@ class KIPolicy(nn.Module):
             noise = torch.randn(shape, generator=generator).to(batch.images)
         elif noise.shape != shape:
             raise ValueError(f"noise: expected {list(shape)}, got {list(noise.shape)}")
-        cache = self._encode(batch, with_suffix=False).cache if use_cache else None
+        if use_cache:
+            cache = self._encode(batch, with_suffix=False).cache
+            context = self.expert.context(cache, shape[1], noise.dtype)
 
         def velocity(x: Tensor, t: Tensor) -> Tensor:
-            prefix = cache if cache is not None else self._encode(batch, with_suffix=False).cache
-            return self.expert(prefix, x, t, batch.state)
+            if use_cache:
+                return self.expert(cache, x, t, batch.state, context)
+            return self.expert(self._encode(batch, with_suffix=False).cache, x, t, batch.state)
 
         return self.unnormalize_actions(flow.integrate(velocity, noise, num_steps))
 

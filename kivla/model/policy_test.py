@@ -130,8 +130,14 @@ def test_lm_only_example_gives_zero_flow_and_fast_gradients(builder, config):
         assert all(g is None or torch.count_nonzero(g) == 0 for g in grads.values())
     out.total.backward()  # a batch without flow / FAST work still trains (LM) and never NaNs
     assert all(torch.isfinite(p.grad).all() for p in policy.parameters() if p.grad is not None)
-    # In a mixed batch the language example's (zero) action chunk does not enter the flow loss.
+    # In a mixed batch (no insulation) flow + FAST gradients reach the robot examples' inputs only.
     batch = mixed_batch(builder)
+    images = batch.images.clone().requires_grad_(True)
+    out = policy(dataclasses.replace(batch, images=images))
+    (out.parts["flow"] + out.parts["fast"]).backward()
+    assert torch.count_nonzero(images.grad[2]) == 0  # the VQA example
+    assert torch.count_nonzero(images.grad[0]) > 0 and torch.count_nonzero(images.grad[1]) > 0
+    # ... and the language example's (zero) action chunk does not enter the flow loss.
     perturbed = dataclasses.replace(batch, actions=batch.actions.clone())
     perturbed.actions[2] = 0.9
     a = policy(batch, generator=torch.Generator().manual_seed(1)).parts["flow"]

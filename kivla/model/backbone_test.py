@@ -1,0 +1,38 @@
+import torch
+
+from kivla.model.backbone import TinyVLM
+from kivla.model.config import tiny_test_config
+from kivla.model.layers import additive_mask, rope_tables
+from kivla.model.masks import backbone_attention_mask, following_positions, prefix_positions
+
+
+def test_last_layer_shortcut_equals_the_full_computation():
+    torch.manual_seed(0)
+    backbone = TinyVLM(tiny_test_config().backbone)
+    images, image_mask = torch.rand(2, 3, 16, 16), torch.tensor([True, False])
+    prefix_ids, prefix_mask = (
+        torch.randint(0, 64, (2, 5)),
+        torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]).bool(),
+    )
+    suffix_ids, suffix_mask = torch.randint(0, 64, (2, 3)), torch.tensor([[1, 1, 1], [1, 1, 0]]).bool()
+    out = backbone(images, image_mask, prefix_ids, prefix_mask, suffix_ids, suffix_mask)
+
+    # Reference: every layer computes every token's output.
+    x, valid = backbone.embed_prefix(images, image_mask, prefix_ids, prefix_mask)
+    num_prefix = x.shape[1]
+    x = torch.cat([x, backbone.token_embed(suffix_ids)], dim=1)
+    positions = torch.cat([prefix_positions(valid), following_positions(valid, suffix_mask)], dim=1)
+    mask = additive_mask(backbone_attention_mask(valid, suffix_mask), x.dtype)
+    rope = rope_tables(positions, backbone.head_dim, backbone.rope_theta, x.dtype)
+    for layer, k_cached in zip(backbone.layers, out.cache.keys, strict=True):
+        x, k, _ = layer(x, rope, mask)
+        torch.testing.assert_close(k[:, :, :num_prefix], k_cached)
+    torch.testing.assert_close(out.suffix_hidden, backbone.final_norm(x[:, num_prefix:]))
+    assert out.cache.valid[:, :4].tolist() == [[True] * 4, [False] * 4]  # 4 image tokens, image 1 missing
+
+
+def test_prefix_only_pass_has_no_suffix_hidden():
+    backbone = TinyVLM(tiny_test_config().backbone)
+    out = backbone(torch.rand(1, 3, 16, 16), torch.tensor([True]), torch.zeros(1, 3, dtype=torch.long),
+                   torch.ones(1, 3, dtype=torch.bool))  # fmt: skip
+    assert out.suffix_hidden is None and len(out.cache.keys) == 2 and out.cache.keys[0].shape == (1, 1, 7, 16)
