@@ -26,7 +26,7 @@ format: install
 
 test: install
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" -n 2 $(PYTEST_ARGS)
 
 test-all: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
