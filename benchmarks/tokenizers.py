@@ -21,7 +21,7 @@ from kivla.tokenizers.synthetic import smooth_chunks
 NUM_CHUNKS = 10_000  # timed chunks (and as many for fitting), 50 × 7
 HORIZON, ACTION_DIM = 50, 7
 SCALE, VOCAB = 10, 1024
-REPEATS = 3
+REPEATS = 5
 WRAPPED = "baseline: reference-style (as the public processor: transformers wrapper, one call a chunk)"
 RAW = "baseline, kinder: the same with one batched `tokenizers` encode call"
 OURS = "kivla FASTTokenizer"
