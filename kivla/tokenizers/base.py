@@ -196,6 +196,9 @@ def as_id_arrays(tokens: Sequence[Sequence[int]]) -> list[np.ndarray]:
     """Turn any sequence of int sequences into int64 arrays; ints too large for int64 become -1."""
     out = []
     for index, seq in enumerate(tokens):
+        if type(seq) is np.ndarray and seq.dtype == np.int64 and seq.ndim == 1:
+            out.append(seq)  # what `encode` returns: nothing to convert
+            continue
         if isinstance(seq, int | np.integer):
             # A flat id list is one chunk given without its batch: refusing beats decoding N chunks.
             raise ValueError(f"tokens[{index}]: expected a batch of id lists, got the int {seq}")
@@ -234,23 +237,32 @@ def split_valid_ids(
 
 
 def pack_sequences(
-    flat: np.ndarray, counts: np.ndarray, length: int, what: str, strict: bool
+    flat: np.ndarray, counts: np.ndarray, length: int, what: str, strict: bool, min_count: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cut a concatenation of N sequences (lengths `counts`) into [N, length], padding with zeros or
-    truncating; returns the matrix and a bool [N] saying which sequences had exactly `length` items."""
+    truncating; returns the matrix and a bool [N] saying which sequences were well formed.
+
+    Well formed means exactly `length` items, or, when `min_count` is given, `min_count` to `length`
+    items (the FAST/wavelet streams, whose trailing zeros are implied and padded back here).
+    """
     counts = np.asarray(counts, dtype=np.int64)
     n = len(counts)
-    exact = counts == length
+    low = length if min_count is None else min_count
+    exact = (counts >= low) & (counts <= length)
     if strict and not exact.all():
         index = int(np.flatnonzero(~exact)[0])
-        raise ValueError(f"tokens[{index}]: decodes to {counts[index]} {what}, expected exactly {length}")
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if n else counts
+        expected = f"exactly {length}" if low == length else f"{low} to {length}"
+        raise ValueError(f"tokens[{index}]: decodes to {counts[index]} {what}, expected {expected}")
+    if n and (counts == length).all():  # the common case of fixed-length kinds: a plain reshape
+        return flat.reshape(n, length), exact
     out = np.zeros((n, length), dtype=flat.dtype if flat.size else np.int64)
-    if exact.any():
-        out[exact] = flat[starts[exact, None] + np.arange(length)]
-    for index in np.flatnonzero(~exact):  # repairs are rare: a loop is fine here
-        take = min(int(counts[index]), length)
-        out[index, :take] = flat[starts[index] : starts[index] + take]
+    if flat.size:
+        # Column of every item inside its sequence, in one pass: items past `length` are dropped
+        # (truncation), missing ones stay zero (padding).
+        column = np.arange(flat.size) - np.repeat(np.cumsum(counts) - counts, counts)
+        keep = column < length
+        index = column + np.repeat(np.arange(n) * length, counts)
+        out.reshape(-1)[index[keep]] = flat[keep]
     return out, exact
 
 

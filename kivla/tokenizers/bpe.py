@@ -15,7 +15,6 @@ import numpy as np
 from tokenizers import Tokenizer, models, trainers
 
 from kivla.tokenizers.base import write_text_atomic
-from kivla.tokenizers.bpe_merge import MAX_DENSE_VOCAB, MergeTable
 
 # CJK Unified Ideographs: 20,992 consecutive letters, far from surrogates and whitespace.
 BASE_CODEPOINT = 0x4E00
@@ -28,14 +27,20 @@ class IntegerBPE:
     def __init__(self, tokenizer: Tokenizer, low: int, high: int) -> None:
         self.tokenizer = tokenizer
         self.low, self.high = int(low), int(high)
-        self._merges: MergeTable | None = None  # built on first encode
         self._build_expansion_table()
 
     @classmethod
     def train(
-        cls, symbols: np.ndarray, low: int, high: int, vocab_size: int, min_frequency: int
+        cls,
+        symbols: np.ndarray,
+        low: int,
+        high: int,
+        vocab_size: int,
+        min_frequency: int,
+        lengths: np.ndarray | None = None,
     ) -> IntegerBPE:
-        """Train on symbols [N, L] (ints in [low, high]); every alphabet integer keeps its own id."""
+        """Train on symbols [N, L] (ints in [low, high]; row i uses its first `lengths[i]` symbols,
+        all L when `lengths` is None); every alphabet integer keeps its own id."""
         alphabet = int(high) - int(low) + 1
         if alphabet > MAX_ALPHABET:
             raise ValueError(f"alphabet: {alphabet} integers in [{low}, {high}], at most {MAX_ALPHABET}")
@@ -53,28 +58,17 @@ class IntegerBPE:
             initial_alphabet=[chr(BASE_CODEPOINT + i) for i in range(alphabet)],
             limit_alphabet=alphabet,
         )
-        tokenizer.train_from_iterator(_to_strings(symbols, low), trainer=trainer)
+        tokenizer.train_from_iterator(_to_strings(symbols, low, lengths), trainer=trainer)
         return cls(tokenizer, low, high)
 
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size()
 
-    def encode(self, symbols: np.ndarray) -> list[np.ndarray]:
-        """Symbols [N, L] (already clipped to [low, high]) → N id arrays.
-
-        The whole batch goes through the numpy merge loop (`bpe_merge`), which gives the library's
-        ids at a fraction of its per-character cost; vocabularies above 2048 use the library.
-        """
-        if self._merges is None and self.vocab_size <= MAX_DENSE_VOCAB:
-            self._merges = MergeTable(self.tokenizer)
-        if self._merges is None:
-            return self.encode_with_library(symbols)
-        return self._merges.encode(self._symbol_ids[np.asarray(symbols, dtype=np.int64) - self.low])
-
-    def encode_with_library(self, symbols: np.ndarray) -> list[np.ndarray]:
-        """The same ids through HF `tokenizers` (one `encode_batch_fast` call for the batch)."""
-        strings = _to_strings(symbols, self.low)
+    def encode(self, symbols: np.ndarray, lengths: np.ndarray | None = None) -> list[np.ndarray]:
+        """Symbols [N, L] (already clipped to [low, high]; row i uses its first `lengths[i]`, all L
+        when None) → N id arrays, through HF `tokenizers` in one `encode_batch_fast` call."""
+        strings = _to_strings(symbols, self.low, lengths)
         encode_batch = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
         return [np.asarray(e.ids, dtype=np.int64) for e in encode_batch(strings, add_special_tokens=False)]
 
@@ -119,9 +113,15 @@ class IntegerBPE:
         self._symbol_ids = np.array([vocab[char] for char in alphabet], dtype=np.int64)  # integer → id
 
 
-def _to_strings(symbols: np.ndarray, low: int) -> list[str]:
-    """[N, L] ints → N strings of L characters, built in one buffer decode (no per-symbol Python)."""
+def _to_strings(symbols: np.ndarray, low: int, lengths: np.ndarray | None = None) -> list[str]:
+    """[N, L] ints → N strings (row i: its first lengths[i] symbols, or all L), built in one buffer
+    decode (no per-symbol Python)."""
     n, length = symbols.shape
     codes = (np.asarray(symbols, dtype=np.int64) - low + BASE_CODEPOINT).astype("<u4")
+    if lengths is None:
+        lengths = np.full(n, length, dtype=np.int64)
+    else:
+        codes = codes[np.arange(length) < np.asarray(lengths)[:, None]]
     text = codes.tobytes().decode("utf-32-le")
-    return [text[i * length : (i + 1) * length] for i in range(n)]
+    ends = np.cumsum(lengths).tolist()
+    return [text[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]

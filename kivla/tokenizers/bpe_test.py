@@ -38,3 +38,16 @@ def test_expand_matches_library_decode_and_handles_empty():
 def test_vocab_smaller_than_alphabet_is_refused():
     with pytest.raises(ValueError, match="vocab_size"):
         IntegerBPE.train(np.zeros((2, 3), dtype=np.int64), -50, 50, vocab_size=64, min_frequency=2)
+
+
+def test_lengths_encode_each_row_prefix_like_the_cut_rows():
+    rng = np.random.default_rng(2)
+    rows = np.rint(rng.laplace(0, 1.5, size=(200, 40))).clip(-6, 6).astype(np.int64)
+    lengths = rng.integers(1, 41, size=200)
+    bpe = IntegerBPE.train(rows, -6, 6, vocab_size=120, min_frequency=2, lengths=lengths)
+    ids = bpe.encode(rows, lengths)
+    for row, length, seq in zip(rows, lengths, ids, strict=True):
+        np.testing.assert_array_equal(seq, bpe.encode(row[None, :length])[0])
+    symbols, counts = bpe.expand(ids)
+    assert counts.tolist() == lengths.tolist()
+    np.testing.assert_array_equal(symbols, rows[np.arange(40) < lengths[:, None]])

@@ -40,9 +40,11 @@ def test_coefficients_are_low_frequency_first(fitted, test_chunks):
     coefficients = scipy.fft.dct(chunk[0], type=2, norm="ortho", axis=0)  # [H, D] per chunk
     np.testing.assert_array_equal(symbols[:7], np.rint(10 * coefficients[0]))  # all D of freq 0
     np.testing.assert_array_equal(symbols, np.rint(10 * coefficients).reshape(-1))  # row-major
+    # The tokens carry the stream up to its last non-zero coefficient; the rest is implied zeros.
     decoded_symbols, counts = tok.bpe.expand(tok.encode(chunk))
-    np.testing.assert_array_equal(decoded_symbols, symbols)
-    assert counts.tolist() == [350]
+    last = int(np.flatnonzero(symbols)[-1])
+    assert counts.tolist() == [last + 1] and last + 1 < 350
+    np.testing.assert_array_equal(decoded_symbols, symbols[: last + 1])
 
 
 def test_batched_transform_matches_per_chunk_scipy(test_chunks):
@@ -62,14 +64,53 @@ def test_alphabet_covers_the_normalized_range(fitted):
     assert np.abs(out.actions - extreme).max() <= 0.5 * np.sqrt(50) / 10
 
 
-def test_relaxed_decode_pads_and_truncates_coefficients(fitted, test_chunks):
+def test_decode_pads_short_streams_and_truncates_long_ones(fitted, test_chunks):
     tok = fitted["fast"]
     ids = tok.encode(test_chunks[:1])[0]
-    # Dropping the last token removes trailing (high-frequency) coefficients: padded with zeros.
-    out = tok.decode([ids[:-1], np.concatenate([ids, ids])])
-    assert out.valid.tolist() == [False, False]
-    truncated = tok.decode([ids]).actions[0]
-    np.testing.assert_allclose(out.actions[1], truncated)  # extra coefficients are cut off
+    # Fewer than H·D coefficients is the normal case: the missing high frequencies are zeros.
+    # Dropping the last token is a valid, coarser chunk: its coefficients become zeros.
+    short = tok.decode([ids[:-1]], strict=True)
+    assert short.valid.tolist() == [True]
+    full_symbols, _ = tok.bpe.expand([ids])
+    kept_symbols, _ = tok.bpe.expand([ids[:-1]])
+    expected = np.zeros(350)
+    expected[: kept_symbols.size] = full_symbols[: kept_symbols.size]
+    np.testing.assert_allclose(short.actions[0], idct(expected.reshape(1, 50, 7) / 10)[0], atol=1e-6)
+    # More than H·D coefficients: cut to H·D and flagged (strict raises).
+    long = np.concatenate([ids] * 400)
+    out = tok.decode([long])
+    assert out.valid.tolist() == [False]
+    symbols, _ = tok.bpe.expand([long])
+    np.testing.assert_allclose(out.actions[0], idct(symbols[:350].reshape(1, 50, 7) / 10)[0], atol=1e-6)
+    with pytest.raises(ValueError, match=r"tokens\[0\]: decodes to \d+ coefficients, expected 1 to 350"):
+        tok.decode([long], strict=True)
+
+
+def test_round_trip_is_exact_on_the_quantized_coefficients(fitted, test_chunks):
+    tok = fitted["fast"]
+    chunks = test_chunks[:50].astype(np.float64)
+    quantized = np.rint(10 * dct(chunks))  # what the tokens must carry, all H·D of it
+    out = tok.decode(tok.encode(chunks), strict=True)
+    assert out.valid.all()
+    np.testing.assert_allclose(out.actions, idct(quantized / 10), atol=1e-6)
+
+
+def test_all_zero_chunks_and_a_non_zero_last_coefficient(fitted):
+    tok = fitted["fast"]
+    zeros = np.zeros((2, 50, 7))
+    ids = tok.encode(zeros)
+    assert [len(seq) for seq in ids] == [1, 1]  # one token for the DC zero; empty stays invalid
+    out = tok.decode(ids, strict=True)
+    assert out.valid.all() and not out.actions.any()
+    # A chunk whose very last coefficient (highest frequency, last dim) is non-zero keeps all 350.
+    coefficients = np.zeros((1, 50, 7))
+    coefficients[0, 0, 0], coefficients[0, -1, -1] = 0.3, -0.2
+    chunk = idct(coefficients)
+    ids = tok.encode(chunk)
+    symbols, counts = tok.bpe.expand(ids)
+    assert counts.tolist() == [350] and symbols[-1] == -2 and symbols[0] == 3
+    out = tok.decode(ids, strict=True)
+    np.testing.assert_allclose(out.actions, chunk, atol=1e-6)
 
 
 def test_config_errors_name_the_field(train_chunks):
