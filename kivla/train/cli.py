@@ -119,6 +119,8 @@ def build_run_config(args: argparse.Namespace):
     saved = args.out / "run.json"
     if args.resume and saved.is_file():
         config = load_run_config(saved)
+        # An earlier --stop-at was where that invocation left off, not where the run ends.
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, stop_at=None))
     else:
         if args.data is None:
             raise ValueError("--data: a LeRobot dataset directory is required (see `kivla world generate`)")
@@ -158,7 +160,8 @@ def run_train(args: argparse.Namespace) -> int:
         losses = ", ".join(
             f"{k.removeprefix('loss/')} {v:.4f}" for k, v in last.items() if k.startswith("loss/")
         )
-        print(f"trained {config.recipe} for {config.train.steps} steps: {losses}")
+        step = int(last.get("step", 0))
+        print(f"trained {config.recipe} to step {step} of {config.train.steps}: {losses}")
         print(f"checkpoint: {outcome.checkpoints[-1]}")
     return 0
 
