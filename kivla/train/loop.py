@@ -22,7 +22,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from kivla.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from kivla.train.config import TrainConfig
-from kivla.train.distributed import DistContext, unwrap
+from kivla.train.distributed import DistContext, backward_loss, unwrap
 from kivla.train.metrics import MetricsLogger
 from kivla.train.schedule import warmup_cosine
 
@@ -149,7 +149,7 @@ class Trainer:
             with sync:
                 with self.autocast():
                     out = self.forward(self._batch(micro))
-                (out.total / cfg.grad_accum).backward()
+                backward_loss(self.wrapped, out.total / cfg.grad_accum).backward()
             total += out.total.item() / cfg.grad_accum
             for name, value in out.parts.items():
                 parts[name] = parts.get(name, 0.0) + float(value.detach()) / cfg.grad_accum
