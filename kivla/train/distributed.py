@@ -165,5 +165,5 @@ def shutdown_distributed() -> None:
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DDP/FSDP wrapper (or the module itself)."""
+    """The module inside a DDP wrapper (or the module itself: FSDP2 shards in place)."""
     return getattr(model, "module", model)

@@ -1,6 +1,7 @@
 """FSDP (FSDP2 on 2 gloo processes) gives the losses and weights of one process, and resumes."""
 
 import json
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from kivla.train.loop import Trainer
 from kivla.train.metrics import read_metrics
 
 GLOBAL_BATCH, STEPS = 8, 6
+NAN_STEP = 1  # the second step sees a NaN input and is skipped
 
 
 @dataclass
@@ -57,6 +59,8 @@ def shard(step, micro, rank, world, n):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(GLOBAL_BATCH, 4, generator=g), torch.randn(GLOBAL_BATCH, 3, generator=g)
     insulated = torch.arange(GLOBAL_BATCH) >= GLOBAL_BATCH // 2
+    if step == NAN_STEP:  # only rank 1's half: the ranks must still agree to skip the step
+        x[GLOBAL_BATCH // 2 :] = float("nan")
     rows = slice((micro * world + rank) * n, (micro * world + rank + 1) * n)
     return x[rows], y[rows], insulated[rows]
 
@@ -105,8 +109,12 @@ def _weights(path):
     return {k: torch.tensor(v) for k, v in json.loads((path / "weights.json").read_text()).items()}
 
 
+def _records(path):
+    return [r for r in read_metrics(path / "metrics.jsonl") if "loss" in r]  # not the skip notices
+
+
 def _losses(path):
-    return [r["loss"] for r in read_metrics(path / "metrics.jsonl")]
+    return [r["loss"] for r in _records(path)]
 
 
 def test_fsdp_two_processes_match_one_and_resume(tmp_path, monkeypatch):
@@ -116,10 +124,14 @@ def test_fsdp_two_processes_match_one_and_resume(tmp_path, monkeypatch):
     mp.spawn(_worker, args=(_free_port(), tmp_path), nprocs=2, join=True)
     single = _losses(tmp_path / "single")
     assert len(single) == STEPS and single[-1] < single[0]  # it trained
+    assert math.isnan(single[NAN_STEP])
     for name in ("fsdp", "fsdp_accum", "split"):
-        losses = _losses(tmp_path / name)
-        assert len(losses) == STEPS, name
-        assert max(abs(a - b) for a, b in zip(single, losses, strict=True)) < 1e-5, (name, single, losses)
+        records = _records(tmp_path / name)
+        assert [r["skipped_steps"] for r in records] == [0, 1, 1, 1, 1, 1], name
+        losses = [r["loss"] for r in records]
+        assert math.isnan(losses[NAN_STEP]), name
+        for a, b in zip(single, losses, strict=True):
+            assert math.isnan(a) or abs(a - b) < 1e-5, (name, single, losses)
         w1, w2 = _weights(tmp_path / "single"), _weights(tmp_path / name)
         assert w1.keys() == w2.keys()
         for k in w1:

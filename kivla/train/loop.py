@@ -80,7 +80,9 @@ class Trainer:
         self.model = model.to(self.ctx.device)
         self.micro_batch = config.micro_batch_size(self.ctx.world_size)
         if config.ema_decay is not None and config.strategy == "fsdp" and self.ctx.is_distributed:
-            raise ValueError("TrainConfig.ema_decay: EMA is not supported with FSDP; set it to None")
+            raise ValueError(
+                "TrainConfig.ema_decay: EMA is not supported with FSDP; set it to None (--ema-decay 0)"
+            )
         self.ema = (
             AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
             if config.ema_decay is not None
@@ -146,6 +148,8 @@ class Trainer:
             sync = contextlib.nullcontext()
             if self.ctx.is_distributed and not last and hasattr(self.wrapped, "no_sync"):
                 sync = self.wrapped.no_sync()  # all-reduce gradients once, on the last micro-step
+            # FSDP has no no_sync: it reduce-scatters each micro-step into the sharded gradients,
+            # which keeps no unsharded gradient alive between micro-steps.
             with sync:
                 with self.autocast():
                     out = self.forward(self._batch(micro))
