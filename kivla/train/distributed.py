@@ -81,13 +81,13 @@ class _ZeroGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
+        ctx.like = (x.shape, x.dtype, x.device)  # not x itself: no activation kept for this
         return x.new_zeros(())
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        return torch.zeros_like(x)
+        shape, dtype, device = ctx.like
+        return torch.zeros(shape, dtype=dtype, device=device)
 
 
 class BlockAnchors:
