@@ -22,7 +22,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from kivla.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from kivla.train.config import TrainConfig
-from kivla.train.distributed import DistContext, unwrap
+from kivla.train.distributed import DistContext, backward_loss, unwrap
 from kivla.train.metrics import MetricsLogger
 from kivla.train.schedule import warmup_cosine
 
@@ -80,7 +80,9 @@ class Trainer:
         self.model = model.to(self.ctx.device)
         self.micro_batch = config.micro_batch_size(self.ctx.world_size)
         if config.ema_decay is not None and config.strategy == "fsdp" and self.ctx.is_distributed:
-            raise ValueError("TrainConfig.ema_decay: EMA is not supported with FSDP; set it to None")
+            raise ValueError(
+                "TrainConfig.ema_decay: EMA is not supported with FSDP; set it to None (--ema-decay 0)"
+            )
         self.ema = (
             AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
             if config.ema_decay is not None
@@ -146,10 +148,12 @@ class Trainer:
             sync = contextlib.nullcontext()
             if self.ctx.is_distributed and not last and hasattr(self.wrapped, "no_sync"):
                 sync = self.wrapped.no_sync()  # all-reduce gradients once, on the last micro-step
+            # FSDP has no no_sync: it reduce-scatters each micro-step into the sharded gradients,
+            # which keeps no unsharded gradient alive between micro-steps.
             with sync:
                 with self.autocast():
                     out = self.forward(self._batch(micro))
-                (out.total / cfg.grad_accum).backward()
+                backward_loss(self.wrapped, out.total / cfg.grad_accum).backward()
             total += out.total.item() / cfg.grad_accum
             for name, value in out.parts.items():
                 parts[name] = parts.get(name, 0.0) + float(value.detach()) / cfg.grad_accum
