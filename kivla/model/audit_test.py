@@ -47,6 +47,27 @@ def test_cli_json_schema(capsys):
     assert report["flow"]["backbone"] == 0.0 and report["fast"]["backbone"] > 0
 
 
+def test_cli_on_a_checkpoint(tmp_path, capsys):
+    from kivla.model.io import save_policy
+
+    save_policy(KIPolicy(recipe_config("naive", tiny_test_config())), tmp_path / "policy")
+    args = [
+        "audit",
+        "--recipe",
+        "ki",
+        "--json",
+        "--batch-size",
+        "3",
+        "--checkpoint",
+        str(tmp_path / "policy"),
+    ]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["flow"]["backbone"] == 0.0 and report["fast"]["backbone"] > 0
+    assert main(["audit", "--recipe", "ki", "--checkpoint", str(tmp_path / "missing")]) == 2
+    assert "missing config.json" in capsys.readouterr().err
+
+
 def test_cli_table_and_bad_arguments(capsys):
     assert main(["audit", "--recipe", "naive", "--size", "test", "--batch-size", "4"]) == 0
     assert "flow" in capsys.readouterr().out

@@ -9,6 +9,7 @@ Vocabulary of the backbone: [text | 256 state bins | action tokens], action ids 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor
 
 from kivla.data.example import Example
+from kivla.model.config import STATE_INPUTS, KIPolicyConfig
 from kivla.model.text import ACT, ANS, BOS, EOS, PAD
 
 log = logging.getLogger(__name__)
@@ -146,6 +148,8 @@ class BatchBuilder:
             max_prompt_len,
             max_suffix_len,
         )
+        if state_input not in STATE_INPUTS:
+            raise ValueError(f"state_input: expected one of {STATE_INPUTS}, got {state_input!r}")
         action_vocab = action_tokenizer.vocab_size if action_tokenizer is not None else 0
         self.layout = layout or VocabLayout(
             text_tokenizer.vocab_size, STATE_BINS if state_input == "prompt" else 0, action_vocab
@@ -160,6 +164,17 @@ class BatchBuilder:
     @property
     def vocab_size(self) -> int:
         return self.layout.vocab_size
+
+    def configure(self, config: KIPolicyConfig) -> KIPolicyConfig:
+        """`config` with the shapes this builder produces: vocabulary size, image size, horizon,
+        action and state dims, state input (the recipe fields are left as they are)."""
+        backbone = dataclasses.replace(
+            config.backbone, vocab_size=self.vocab_size, image_size=self.image_size
+        )
+        expert = dataclasses.replace(
+            config.expert, horizon=self.horizon, action_dim=self.action_dim, state_dim=self.state_dim
+        )
+        return dataclasses.replace(config, backbone=backbone, expert=expert, state_input=self.state_input)
 
     # -- pieces ---------------------------------------------------------------------------------
     def _images(self, images: Sequence[np.ndarray | None]) -> tuple[Tensor, Tensor]:

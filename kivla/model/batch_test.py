@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from kivla.data.example import Example
 from kivla.model.batch import VocabLayout, discretize_state
@@ -35,6 +36,19 @@ def test_collate_layout_tags_and_masks(builder):
     assert batch.loss_mask["fast"].tolist() == [True, False]
     assert batch.loss_mask["lm"].tolist() == [False, True]
     assert batch.action_is_pad[1].all() and batch.action_is_pad[0].tolist() == [False, False, False, True]
+
+
+def test_configure_gives_a_policy_config_with_the_builder_shapes(builder):
+    from kivla.model.config import recipe_config
+    from kivla.model.policy import KIPolicy
+
+    config = builder.configure(recipe_config("ki", flow_weight=10.0))
+    assert config.backbone.vocab_size == builder.vocab_size and config.backbone.image_size == 16
+    assert (config.expert.horizon, config.expert.action_dim, config.expert.state_dim) == (4, 3, 2)
+    assert config.flow_weight == 10.0 and config.backbone.width == 256  # recipe and widths untouched
+    rng = np.random.default_rng(0)
+    out = KIPolicy(config)(builder.collate([robot_example(rng), vqa_example(rng)]))
+    assert all(torch.isfinite(v) for v in out.parts.values())
 
 
 def test_vocab_layout_puts_action_ids_last():

@@ -11,8 +11,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     audit = subparsers.add_parser(
         "audit",
         help="gradient norm of each loss (flow, fast, lm) on each module group, for a recipe",
-        description="Runs one synthetic batch through a freshly initialized policy and prints, for "
-        "each loss, the gradient norm on the backbone body, the embeddings / LM head and the expert.",
+        description="Runs one synthetic batch through a policy (freshly initialized, or the weights of "
+        "--checkpoint under the routing of --recipe) and prints, for each loss, the gradient norm on "
+        "the backbone body, the embeddings / LM head and the expert.",
     )
     audit.add_argument("--recipe", required=True, choices=sorted(RECIPES))
     audit.add_argument("--json", action="store_true", help="print one JSON object")
@@ -25,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     audit.add_argument("--batch-size", type=int, default=8)
     audit.add_argument("--num-language", type=int, default=2, help="language (LM-only) examples in the batch")
     audit.add_argument("--seed", type=int, default=0)
+    audit.add_argument(
+        "--checkpoint", help="a policy directory written by save_policy (config.json + weights)"
+    )
     audit.set_defaults(func=run_audit)
 
 
@@ -35,16 +39,22 @@ def run_audit(args: argparse.Namespace) -> int:
 
     from kivla.model.audit import GROUPS, gradient_audit
     from kivla.model.config import recipe_config, tiny_test_config
+    from kivla.model.io import load_policy
     from kivla.model.policy import KIPolicy
     from kivla.model.synthetic import synthetic_batch
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size: expected >= 1, got {args.batch_size}")
     torch.manual_seed(args.seed)
-    base = tiny_test_config() if args.size == "test" else None
-    config = recipe_config(args.recipe, base)
-    policy = KIPolicy(config)
-    prompt_len = 8 if args.size == "test" else 32
+    if args.checkpoint:
+        trained = load_policy(args.checkpoint)
+        config = recipe_config(args.recipe, trained.config)
+        policy = KIPolicy(config)
+        policy.load_state_dict(trained.state_dict())
+    else:
+        config = recipe_config(args.recipe, tiny_test_config() if args.size == "test" else None)
+        policy = KIPolicy(config)
+    prompt_len = 8 if config.backbone.width < 64 else 32
     batch = synthetic_batch(
         config, args.batch_size, prompt_len=prompt_len, num_language=args.num_language, seed=args.seed
     )

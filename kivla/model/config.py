@@ -81,7 +81,7 @@ class ExpertConfig:
 
     width: int = 128
     num_heads: int = 4  # query heads; must be a multiple of the backbone's kv heads
-    mlp_hidden: int = 384
+    mlp_hidden: int = 256  # 2× width: pi0's expert MLP is, relative to its width, half the backbone's
     horizon: int = 50  # H, action steps a chunk
     action_dim: int = 7  # D
     state_dim: int = 8  # used when the state enters as a token
