@@ -1,17 +1,15 @@
 """Two gloo processes on CPU give the same losses and weights as one process on the same global batch."""
 
 import json
-import os
-import socket
 from dataclasses import dataclass
 
 import torch
-import torch.multiprocessing as mp
 
 from kivla.train.config import TrainConfig
 from kivla.train.distributed import init_distributed, shutdown_distributed
 from kivla.train.loop import Trainer
 from kivla.train.metrics import read_metrics
+from kivla.train.testing import run_ranks
 
 GLOBAL_BATCH = 8
 
@@ -54,28 +52,9 @@ def train(run_dir):
     shutdown_distributed()
 
 
-def _worker(rank, world, port, run_dir):
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    train(run_dir)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_processes_match_one(tmp_path, monkeypatch):
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
-        monkeypatch.delenv(key, raising=False)
+def test_two_processes_match_one(tmp_path, single_process):
     train(tmp_path / "single")
-    mp.spawn(_worker, args=(2, _free_port(), tmp_path / "ddp"), nprocs=2, join=True)
+    run_ranks(train, tmp_path / "ddp")
     single = [r["loss"] for r in read_metrics(tmp_path / "single" / "metrics.jsonl")]
     ddp = [r["loss"] for r in read_metrics(tmp_path / "ddp" / "metrics.jsonl")]
     assert len(single) == len(ddp) == 6

@@ -2,19 +2,17 @@
 
 import json
 import math
-import os
-import socket
 from dataclasses import dataclass
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from kivla.train.config import TrainConfig
 from kivla.train.distributed import DistContext, fsdp_blocks, init_distributed, shutdown_distributed
 from kivla.train.loop import Trainer
 from kivla.train.metrics import read_metrics
+from kivla.train.testing import run_ranks
 
 GLOBAL_BATCH, STEPS = 8, 6
 NAN_STEP = 1  # the second step sees a NaN input and is skipped
@@ -82,10 +80,7 @@ def train(run_dir, ctx, resume=False, **kw):
     return trainer
 
 
-def _worker(rank, port, root):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))  # fmt: skip
-    torch.set_num_threads(1)
+def _train_on_rank(root):
     ctx = init_distributed("cpu")
     try:
         trainer = train(root / "fsdp", ctx)
@@ -97,12 +92,6 @@ def _worker(rank, port, root):
         train(root / "split", ctx, resume=True)
     finally:
         shutdown_distributed()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _weights(path):
@@ -117,11 +106,9 @@ def _losses(path):
     return [r["loss"] for r in _records(path)]
 
 
-def test_fsdp_two_processes_match_one_and_resume(tmp_path, monkeypatch):
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
-        monkeypatch.delenv(key, raising=False)
+def test_fsdp_two_processes_match_one_and_resume(tmp_path, single_process):
     train(tmp_path / "single", DistContext())  # strategy fsdp is a no-op in a single process
-    mp.spawn(_worker, args=(_free_port(), tmp_path), nprocs=2, join=True)
+    run_ranks(_train_on_rank, tmp_path)
     single = _losses(tmp_path / "single")
     assert len(single) == STEPS and single[-1] < single[0]  # it trained
     assert math.isnan(single[NAN_STEP])

@@ -1,16 +1,13 @@
 """`train_policy` under 2 gloo processes gives the losses of one process on the same global batch."""
 
-import os
-import socket
-
 import numpy as np
-import torch.multiprocessing as mp
 
 from kivla.data.world_dataset import generate_dataset
 from kivla.train.config import TrainConfig
 from kivla.train.distributed import init_distributed, shutdown_distributed
 from kivla.train.metrics import read_metrics
 from kivla.train.run import MixtureConfig, RunConfig, train_policy
+from kivla.train.testing import run_ranks
 
 
 def config(data, out):
@@ -20,9 +17,7 @@ def config(data, out):
                      mixture=mixture, train=train)  # fmt: skip
 
 
-def _worker(rank, port, data, out):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")  # fmt: skip
+def _train_on_rank(data, out):
     ctx = init_distributed("cpu")
     try:
         train_policy(config(data, out), progress=False, ctx=ctx)
@@ -30,18 +25,10 @@ def _worker(rank, port, data, out):
         shutdown_distributed()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_processes_match_one(tmp_path, monkeypatch):
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
-        monkeypatch.delenv(key, raising=False)
+def test_two_processes_match_one(tmp_path, single_process):
     data = generate_dataset(tmp_path / "data", episodes=4, image_size=32, seed=5, progress=False)
     train_policy(config(data, tmp_path / "single"), progress=False)
-    mp.spawn(_worker, args=(_free_port(), data, tmp_path / "ddp"), nprocs=2, join=True)
+    run_ranks(_train_on_rank, data, tmp_path / "ddp")
     single = read_metrics(tmp_path / "single" / "metrics.jsonl")
     ddp = read_metrics(tmp_path / "ddp" / "metrics.jsonl")
     assert len(single) == len(ddp) == 3

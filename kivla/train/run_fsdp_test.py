@@ -2,12 +2,9 @@
 that loads as a policy bundle, and a resume that continues the run."""
 
 import dataclasses
-import os
-import socket
 
 import numpy as np
 import torch
-import torch.multiprocessing as mp
 
 from kivla.data.world_dataset import generate_dataset
 from kivla.model.bundle import PolicyBundle
@@ -16,6 +13,7 @@ from kivla.train.config import TrainConfig
 from kivla.train.distributed import init_distributed, shutdown_distributed
 from kivla.train.metrics import read_metrics
 from kivla.train.run import MixtureConfig, RunConfig, train_policy
+from kivla.train.testing import run_ranks
 
 
 def config(data, out, **train):
@@ -26,10 +24,7 @@ def config(data, out, **train):
                      mixture=mixture, train=train)  # fmt: skip
 
 
-def _worker(rank, port, data, out):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")  # fmt: skip
-    torch.set_num_threads(1)
+def _train_on_rank(data, out):
     ctx = init_distributed("cpu")
     try:
         # Stop after 2 of the 3 steps, then resume from that FSDP checkpoint.
@@ -39,18 +34,10 @@ def _worker(rank, port, data, out):
         shutdown_distributed()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_fsdp_two_processes_match_one_and_resume(tmp_path, monkeypatch):
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
-        monkeypatch.delenv(key, raising=False)
+def test_fsdp_two_processes_match_one_and_resume(tmp_path, single_process):
     data = generate_dataset(tmp_path / "data", episodes=4, image_size=32, seed=5, progress=False)
     single = train_policy(config(data, tmp_path / "single"), progress=False)
-    mp.spawn(_worker, args=(_free_port(), data, tmp_path / "fsdp"), nprocs=2, join=True)
+    run_ranks(_train_on_rank, data, tmp_path / "fsdp")
     fsdp = read_metrics(tmp_path / "fsdp" / "metrics.jsonl")
     assert [r["step"] for r in fsdp] == [r["step"] for r in single.history] == [1, 2, 3]
     for a, b in zip(single.history, fsdp, strict=True):
