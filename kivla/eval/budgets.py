@@ -75,19 +75,21 @@ BUDGETS: dict[str, Budget] = {
         grad_batch_size=2,
         tokenizer_chunks=200,
     ),
-    # <= 30 minutes on 2 CPU cores for 6 variants x 3 seeds (measured: ~1 s a step at batch 16 and
-    # ~10-15 s to evaluate a checkpoint on a busy 2-core machine): a smoke run of the whole pipeline.
+    # <= 30 minutes on 2 CPU cores for 6 variants x 3 seeds: a smoke run of the whole pipeline.
+    # Estimate for an otherwise idle machine (DESIGN.md §7: ~0.45 s a tiny step at batch 16, ~0.7 s at
+    # 32; ~8 s to evaluate a checkpoint): ~1 min pretraining + 18 x ~40 s = ~14 min; about twice
+    # that under moderate load from other processes.
     "quick": Budget(
         size="tiny",
         image_size=32,
         horizon=16,
         train_episodes=60,
         val_episodes=10,
-        pretrain_steps=150,
+        pretrain_steps=100,
         pretrain_batch_size=32,
-        steps=50,
+        steps=40,
         batch_size=16,
-        save_every=25,
+        save_every=20,
         lr=1e-3,
         eval_episodes=8,
         final_eval_episodes=16,
