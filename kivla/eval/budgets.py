@@ -76,20 +76,20 @@ BUDGETS: dict[str, Budget] = {
         tokenizer_chunks=200,
     ),
     # <= 30 minutes on 2 CPU cores for 6 variants x 3 seeds: a smoke run of the whole pipeline.
-    # Estimate for an otherwise idle machine (DESIGN.md §7: ~0.45 s a tiny step at batch 16, ~0.7 s at
-    # 32; ~8 s to evaluate a checkpoint): ~1 min pretraining + 18 x ~40 s = ~14 min; about twice
-    # that under moderate load from other processes.
+    # Measured (ki, 2 of 6 variants, 1 seed): a 50-step run trains in 16 s and its 2 checkpoints
+    # evaluate in 17 s; 150 pretraining steps took 6.5 min under load average ~6 (~2 min idle).
+    # So ~18 x 40 s + pretraining = ~15 min on an idle machine, ~30 min under moderate load.
     "quick": Budget(
         size="tiny",
         image_size=32,
         horizon=16,
         train_episodes=60,
         val_episodes=10,
-        pretrain_steps=100,
+        pretrain_steps=150,
         pretrain_batch_size=32,
-        steps=40,
+        steps=60,
         batch_size=16,
-        save_every=20,
+        save_every=30,
         lr=1e-3,
         eval_episodes=8,
         final_eval_episodes=16,

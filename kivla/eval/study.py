@@ -71,6 +71,14 @@ class StudyConfig:
         return list(self.variants or VARIANTS[self.study])
 
 
+def budget_tag(name: str, budget: Budget) -> str:
+    """`quick-1a2b3c4d`: runs of a changed budget (e.g. --steps) never reuse stale caches."""
+    import hashlib
+
+    digest = hashlib.sha1(json.dumps(asdict(budget), sort_keys=True).encode()).hexdigest()[:8]
+    return f"{name}-{digest}"
+
+
 def _log(config: StudyConfig, message: str) -> None:
     if config.progress:
         print(f"[study {config.study}] {message}", flush=True)
@@ -146,7 +154,7 @@ def run_variant(
     from kivla.train.config import TrainConfig
     from kivla.train.run import MixtureConfig, RunConfig
 
-    run_dir = config.work / "runs" / config.study / name / f"seed{seed}"
+    run_dir = config.work / "runs" / config.study / budget_tag(config.budget, budget) / name / f"seed{seed}"
     cache = run_dir / "study_eval.json"
     if cache.is_file():
         return json.loads(cache.read_text())
@@ -208,26 +216,34 @@ def run_variant(
 
 @single_thread()
 def run_gradient_study(config: StudyConfig, budget: Budget, runs: dict, data: tuple[Path, Path]) -> dict:
-    """The gradient study on the naive recipe (seed 0) at its first and last checkpoint; a FAST
-    tokenizer fitted on the training chunks gives the CE targets."""
+    """The gradient study (seed 0): naive at its first and last checkpoint, with a FAST tokenizer
+    fitted on the training chunks giving CE targets to its (untrained) action-token head; and, when
+    the study has it, joint_fast at its last checkpoint (no insulation either, but a trained FAST
+    head: the fairer comparison of the two losses)."""
     from kivla.eval.gradients import GradientStudyConfig, gradient_study, robot_batches
     from kivla.model.bundle import PolicyBundle
     from kivla.tokenizers import fit_tokenizer
     from kivla.tokenizers.data import load_chunks
 
-    source = "naive"
-    ckpts = runs[source][0]["checkpoints"]
     chunks = load_chunks(data[0], budget.horizon, max_chunks=budget.tokenizer_chunks)
     tokenizer = fit_tokenizer("fast", chunks)
     gconfig = GradientStudyConfig(
         bins=budget.grad_bins, batches=budget.grad_batches, batch_size=budget.grad_batch_size
     )
-    out = {"variant": source}
-    for label, ckpt in (("first", ckpts[0]), ("last", ckpts[-1])):
+    naive = runs["naive"][0]["checkpoints"]
+    points = [("first", "naive", naive[0]), ("last", "naive", naive[-1])]
+    if "joint_fast" in runs:
+        points.append(("joint_fast_last", "joint_fast", runs["joint_fast"][0]["checkpoints"][-1]))
+    out: dict[str, Any] = {"variant": "naive"}
+    for label, variant, ckpt in points:
         bundle = PolicyBundle.load(ckpt["path"])
         own = bundle.builder.action_tokenizer
         batches = robot_batches(bundle, data[1], gconfig, None if own is not None else tokenizer)
-        out[label] = {"step": ckpt["step"], **gradient_study(bundle.policy, batches, gconfig)}
+        out[label] = {
+            "variant": variant,
+            "step": ckpt["step"],
+            **gradient_study(bundle.policy, batches, gconfig),
+        }
     return out
 
 
@@ -259,7 +275,11 @@ def run_study(
     started = time.perf_counter()
     data = prepare_data(config, budget)
     _log(config, f"data: {data[0]} / {data[1]}")
-    pre_out = config.work / "pretrain" / f"{budget.size}_{budget.image_size}px_{budget.pretrain_steps}"
+    pre_out = (
+        config.work
+        / "pretrain"
+        / (f"{budget.size}_{budget.image_size}px_{budget.pretrain_steps}x{budget.pretrain_batch_size}")
+    )
     from kivla.train.checkpoint import latest_checkpoint
 
     pretrained = latest_checkpoint(pre_out / "checkpoints") or pretrain_backbone(
