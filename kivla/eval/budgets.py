@@ -57,7 +57,7 @@ BUDGETS: dict[str, Budget] = {
     "test": Budget(
         size="test",
         image_size=32,
-        horizon=8,
+        horizon=20,  # wavelet (db4) needs H >= 16, VQ (patches of 5) a multiple of 5
         train_episodes=6,
         val_episodes=2,
         pretrain_steps=3,
@@ -82,7 +82,7 @@ BUDGETS: dict[str, Budget] = {
     "quick": Budget(
         size="tiny",
         image_size=32,
-        horizon=16,
+        horizon=20,
         train_episodes=60,
         val_episodes=10,
         pretrain_steps=150,
@@ -105,7 +105,7 @@ BUDGETS: dict[str, Budget] = {
     "medium": Budget(
         size="tiny",
         image_size=32,
-        horizon=16,
+        horizon=20,
         train_episodes=200,
         val_episodes=20,
         pretrain_steps=600,
