@@ -22,7 +22,7 @@ def test_eval_policy_with_reference(tmp_path, capsys):
     argv = [
         "eval",
         "--policy",
-        str(policy),
+        str(tmp_path / "run"),
         "--reference",
         str(reference),
         "--episodes",
