@@ -17,7 +17,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "validation MSE on a held-out LeRobot dataset.",
     )
     who = ev.add_mutually_exclusive_group(required=True)
-    who.add_argument("--policy", type=Path, help="policy bundle or training checkpoint directory")
+    who.add_argument(
+        "--policy",
+        type=Path,
+        help="policy bundle or checkpoint directory (a run directory: its latest checkpoint)",
+    )
     who.add_argument("--oracle", action="store_true", help="the scripted expert (upper bound)")
     who.add_argument("--random", action="store_true", help="uniform random actions (lower bound)")
     ev.add_argument("--episodes", type=int, default=40, help="episodes per split, spread over the families")
@@ -55,6 +59,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     st.set_defaults(func=run_study_command)
 
 
+def resolve_policy_dir(path: Path) -> Path:
+    """A bundle / checkpoint directory as is; a training run directory -> its latest checkpoint."""
+    if not (path / "policy.json").is_file() and (path / "checkpoints").is_dir():
+        from kivla.train.checkpoint import latest_checkpoint
+
+        return latest_checkpoint(path / "checkpoints") or path
+    return path
+
+
 def run_eval(args: argparse.Namespace) -> int:
     import json
 
@@ -73,9 +86,11 @@ def run_eval(args: argparse.Namespace) -> int:
     else:
         from kivla.model.bundle import PolicyBundle
 
-        bundle = PolicyBundle.load(args.policy)
+        path = resolve_policy_dir(args.policy)
+        bundle = PolicyBundle.load(path)
         policy = BundlePolicy(bundle, seed=args.seed)
-        name, image_size = args.policy.name, bundle.builder.image_size
+        name = f"{path.parent.parent.name}_{path.name}" if path.parent.name == "checkpoints" else path.name
+        image_size = bundle.builder.image_size
     splits = ("train", "ood") if args.split == "both" else (args.split,)
     config = EvalConfig(
         episodes=args.episodes,
@@ -89,7 +104,7 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     out = args.out or Path("runs/eval") / name
     result = evaluate(policy, config, out_dir=out)
-    report = {"policy": str(args.policy) if bundle else name, **result.to_dict()}
+    report = {"policy": str(path) if bundle else name, **result.to_dict()}
     report.pop("episodes")
     sections = [result.markdown(f"Closed-loop evaluation: {name}")]
     if args.reference is not None:

@@ -17,12 +17,12 @@ def test_eval_oracle_json(tmp_path, capsys):
 
 
 def test_eval_policy_with_reference(tmp_path, capsys):
-    policy = save_tiny_world_bundle(tmp_path / "policy", recipe="ki")
+    policy = save_tiny_world_bundle(tmp_path / "run" / "checkpoints" / "step_00000004", recipe="ki")
     reference = save_tiny_world_bundle(tmp_path / "ref", recipe="ki", seed=1)
     argv = [
         "eval",
         "--policy",
-        str(policy),
+        str(tmp_path / "run"),
         "--reference",
         str(reference),
         "--episodes",
@@ -41,6 +41,7 @@ def test_eval_policy_with_reference(tmp_path, capsys):
     assert "## Language" in text and "| VQA accuracy |" in text
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert set(saved["language"]) >= {"policy", "reference", "retention"}
+    assert saved["policy"] == str(policy)  # the run directory resolved to its latest checkpoint
 
 
 def test_user_errors_are_one_line(tmp_path, capsys):

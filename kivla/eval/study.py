@@ -16,130 +16,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import torch
 
+from kivla.eval.budgets import BUDGETS, VARIANTS, Budget
 from kivla.eval.language import LanguageConfig, language_metrics, retention
 from kivla.eval.rollout import EvalConfig, evaluate
 from kivla.eval.validation import ValidationConfig, flow_validation
 
 STUDIES = ("ki", "targets")
 HELD_OUT_QUESTION_TYPES = ("relation",)  # pretrained on, excluded from co-training
-
-
-@dataclass(frozen=True)
-class Variant:
-    recipe: str
-    discrete_target: str | None = None  # overrides the recipe's
-    language: bool = True  # co-train on captions / VQA / text besides robot data
-
-
-VARIANTS: dict[str, dict[str, Variant]] = {
-    "ki": {
-        "naive": Variant("naive"),
-        "stopgrad": Variant("stopgrad"),
-        "joint_fast": Variant("joint_fast"),
-        "ki": Variant("ki"),
-        "frozen": Variant("frozen"),
-        "ki_no_lang": Variant("ki", language=False),
-    },
-    "targets": {
-        f"ki_{t}": Variant("ki", discrete_target=t) for t in ("fast", "binning", "wavelet", "vq", "none")
-    },
-}
-
-
-@dataclass(frozen=True)
-class Budget:
-    size: str  # policy size of kivla.train.run: "tiny" | "test"
-    image_size: int
-    horizon: int
-    train_episodes: int
-    val_episodes: int
-    pretrain_steps: int
-    pretrain_batch_size: int
-    steps: int
-    batch_size: int
-    save_every: int
-    lr: float = 3e-4
-    eval_episodes: int = 16  # per split at every checkpoint
-    final_eval_episodes: int = 40  # per split at the last checkpoint
-    max_steps: int = 200
-    num_envs: int = 20
-    val_frames: int = 256
-    language: tuple[int, int, int] = (300, 60, 60)  # VQA, captions, text examples
-    grad_batches: int = 8
-    grad_batch_size: int = 16
-    grad_bins: int = 5
-    tokenizer_chunks: int = 2000
-
-
-BUDGETS: dict[str, Budget] = {
-    # A few seconds a run: exercises every code path (the unit test); the numbers mean nothing.
-    "test": Budget(
-        size="test",
-        image_size=32,
-        horizon=8,
-        train_episodes=6,
-        val_episodes=2,
-        pretrain_steps=3,
-        pretrain_batch_size=4,
-        steps=4,
-        batch_size=4,
-        save_every=2,
-        eval_episodes=4,
-        final_eval_episodes=4,
-        max_steps=30,
-        num_envs=4,
-        val_frames=8,
-        language=(12, 3, 3),
-        grad_batches=2,
-        grad_batch_size=2,
-        tokenizer_chunks=200,
-    ),
-    # <= 30 minutes on 2 CPU cores for 6 variants x 3 seeds: short runs, small evaluations.
-    "quick": Budget(
-        size="tiny",
-        image_size=32,
-        horizon=16,
-        train_episodes=60,
-        val_episodes=10,
-        pretrain_steps=150,
-        pretrain_batch_size=32,
-        steps=60,
-        batch_size=16,
-        save_every=20,
-        lr=1e-3,
-        eval_episodes=8,
-        final_eval_episodes=16,
-        max_steps=120,
-        num_envs=16,
-        val_frames=64,
-        language=(120, 20, 20),
-        grad_batches=4,
-        grad_batch_size=8,
-        tokenizer_chunks=1000,
-    ),
-    # The budget the claims need on this world (hours on CPU, minutes on a GPU).
-    "full": Budget(
-        size="tiny",
-        image_size=64,
-        horizon=50,
-        train_episodes=400,
-        val_episodes=40,
-        pretrain_steps=2000,
-        pretrain_batch_size=32,
-        steps=3000,
-        batch_size=32,
-        save_every=500,
-        eval_episodes=40,
-        final_eval_episodes=100,
-        val_frames=512,
-    ),
-}
 
 
 @dataclass
@@ -181,6 +71,14 @@ class StudyConfig:
         return list(self.variants or VARIANTS[self.study])
 
 
+def budget_tag(name: str, budget: Budget) -> str:
+    """`quick-1a2b3c4d`: runs of a changed budget (e.g. --steps) never reuse stale caches."""
+    import hashlib
+
+    digest = hashlib.sha1(json.dumps(asdict(budget), sort_keys=True).encode()).hexdigest()[:8]
+    return f"{name}-{digest}"
+
+
 def _log(config: StudyConfig, message: str) -> None:
     if config.progress:
         print(f"[study {config.study}] {message}", flush=True)
@@ -201,6 +99,19 @@ def prepare_data(config: StudyConfig, budget: Budget) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+@contextmanager
+def single_thread():
+    """Evaluation runs small batches: one torch thread avoids oversubscribing a busy CPU (measured
+    10-20x slower with 2 threads on a loaded 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@single_thread()
 def evaluate_checkpoint(
     bundle, budget: Budget, val_data: Path, reference_language: dict, final: bool
 ) -> dict:
@@ -243,7 +154,7 @@ def run_variant(
     from kivla.train.config import TrainConfig
     from kivla.train.run import MixtureConfig, RunConfig
 
-    run_dir = config.work / "runs" / config.study / name / f"seed{seed}"
+    run_dir = config.work / "runs" / config.study / budget_tag(config.budget, budget) / name / f"seed{seed}"
     cache = run_dir / "study_eval.json"
     if cache.is_file():
         return json.loads(cache.read_text())
@@ -303,27 +214,36 @@ def run_variant(
     return result
 
 
+@single_thread()
 def run_gradient_study(config: StudyConfig, budget: Budget, runs: dict, data: tuple[Path, Path]) -> dict:
-    """The gradient study on the naive recipe (seed 0) at its first and last checkpoint; a FAST
-    tokenizer fitted on the training chunks gives the CE targets."""
+    """The gradient study (seed 0): naive at its first and last checkpoint, with a FAST tokenizer
+    fitted on the training chunks giving CE targets to its (untrained) action-token head; and, when
+    the study has it, joint_fast at its last checkpoint (no insulation either, but a trained FAST
+    head: the fairer comparison of the two losses)."""
     from kivla.eval.gradients import GradientStudyConfig, gradient_study, robot_batches
     from kivla.model.bundle import PolicyBundle
     from kivla.tokenizers import fit_tokenizer
     from kivla.tokenizers.data import load_chunks
 
-    source = "naive"
-    ckpts = runs[source][0]["checkpoints"]
     chunks = load_chunks(data[0], budget.horizon, max_chunks=budget.tokenizer_chunks)
     tokenizer = fit_tokenizer("fast", chunks)
     gconfig = GradientStudyConfig(
         bins=budget.grad_bins, batches=budget.grad_batches, batch_size=budget.grad_batch_size
     )
-    out = {"variant": source}
-    for label, ckpt in (("first", ckpts[0]), ("last", ckpts[-1])):
+    naive = runs["naive"][0]["checkpoints"]
+    points = [("first", "naive", naive[0]), ("last", "naive", naive[-1])]
+    if "joint_fast" in runs:
+        points.append(("joint_fast_last", "joint_fast", runs["joint_fast"][0]["checkpoints"][-1]))
+    out: dict[str, Any] = {"variant": "naive"}
+    for label, variant, ckpt in points:
         bundle = PolicyBundle.load(ckpt["path"])
         own = bundle.builder.action_tokenizer
         batches = robot_batches(bundle, data[1], gconfig, None if own is not None else tokenizer)
-        out[label] = {"step": ckpt["step"], **gradient_study(bundle.policy, batches, gconfig)}
+        out[label] = {
+            "variant": variant,
+            "step": ckpt["step"],
+            **gradient_study(bundle.policy, batches, gconfig),
+        }
     return out
 
 
@@ -355,7 +275,11 @@ def run_study(
     started = time.perf_counter()
     data = prepare_data(config, budget)
     _log(config, f"data: {data[0]} / {data[1]}")
-    pre_out = config.work / "pretrain" / f"{budget.size}_{budget.image_size}px_{budget.pretrain_steps}"
+    pre_out = (
+        config.work
+        / "pretrain"
+        / (f"{budget.size}_{budget.image_size}px_{budget.pretrain_steps}x{budget.pretrain_batch_size}")
+    )
     from kivla.train.checkpoint import latest_checkpoint
 
     pretrained = latest_checkpoint(pre_out / "checkpoints") or pretrain_backbone(
@@ -406,10 +330,3 @@ def run_study(
     path = report.write_report(results, config.report, config.name)
     _log(config, f"report: {path}")
     return path
-
-
-def aggregate(runs: list[dict], metric: Callable[[dict], float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(steps [C], mean [C], std [C]) of `metric(checkpoint)` over seeds (population std)."""
-    steps = np.array([c["step"] for c in runs[0]["checkpoints"]])
-    values = np.array([[metric(c) for c in r["checkpoints"]] for r in runs], dtype=np.float64)  # [S, C]
-    return steps, values.mean(axis=0), values.std(axis=0)

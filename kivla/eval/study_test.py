@@ -69,10 +69,14 @@ def test_study_config_validation():
 
 
 @pytest.mark.slow
-def test_real_tiny_study_every_variant(tmp_path):
-    """The whole `ki` study with real training at the test budget (about 40 s on one core)."""
+@pytest.mark.parametrize("study", ["ki", "targets"])
+def test_real_tiny_study_every_variant(study, tmp_path):
+    """A whole study with real training at the test budget (about 10-40 s on one core)."""
     config = StudyConfig(
-        study="ki", budget="test", seeds=1, work=tmp_path / "w", report=tmp_path / "r", progress=False
+        study=study, budget="test", seeds=1, work=tmp_path / "w", report=tmp_path / "r", progress=False
     )
     text = run_study(config).read_text()
-    assert "Removing the FAST loss hurts OOD success most" in text
+    claim = (
+        "Removing the FAST loss hurts OOD success most" if study == "ki" else "## Tokenizer rate-distortion"
+    )
+    assert claim in text
