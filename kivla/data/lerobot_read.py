@@ -156,20 +156,26 @@ class LeRobotDataset(torch.utils.data.Dataset):
         i = self._ep_row[episode]
         return int(self._ep_start[i]), int(self._ep_end[i])
 
-    def __getitem__(self, row: int) -> dict:
+    def action_chunk(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """(actions [H, D] float32, action_is_pad [H]) of a frame, normalized when the dataset has a
+        normalizer; no image is decoded (tokenizer fitting reads only these)."""
         if not 0 <= row < len(self):
             raise IndexError(f"index {row} out of range for {len(self)} frames")
-        episode = int(self.episode_index[row])
-        _start, end = self.episode_rows(episode)
+        _start, end = self.episode_rows(int(self.episode_index[row]))
         steps = np.minimum(np.arange(row, row + self.horizon), end - 1)
         actions = self.actions[steps]  # [H, D]: past the end, the last action repeats
-        is_pad = np.arange(row, row + self.horizon) >= end
-        state = self.states[row]
         if self.normalizer is not None:
             actions = self.normalizer.normalize(self.action_key, actions)
+        return actions.astype(np.float32), np.arange(row, row + self.horizon) >= end
+
+    def __getitem__(self, row: int) -> dict:
+        actions, is_pad = self.action_chunk(row)
+        episode = int(self.episode_index[row])
+        state = self.states[row]
+        if self.normalizer is not None:
             state = self.normalizer.normalize(self.state_key, state)
         item = {
-            "actions": actions.astype(np.float32),
+            "actions": actions,
             "action_is_pad": is_pad,
             "state": state.astype(np.float32),
             "task": self.tasks[int(self.task_index[row])],

@@ -60,4 +60,4 @@ def _lerobot_chunks(root: Path, horizon: int, max_chunks: int | None) -> np.ndar
     rows = _subset(np.arange(len(dataset)), max_chunks)
     if len(rows) == 0:
         raise ValueError(f"--data {root}: the dataset has no frames")
-    return np.stack([dataset[int(row)]["actions"] for row in rows])  # [N, H, D]
+    return np.stack([dataset.action_chunk(int(row))[0] for row in rows])  # [N, H, D]

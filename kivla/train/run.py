@@ -26,6 +26,7 @@ from kivla.model.bundle import ACTION_KEY, STATE_KEY, PolicyBundle
 from kivla.model.config import BackboneConfig, ExpertConfig, KIPolicyConfig, recipe_config
 from kivla.model.policy import KIPolicy
 from kivla.model.text import TextTokenizer
+from kivla.tokenizers import ActionTokenizer
 from kivla.train.atomic import write_json
 from kivla.train.checkpoint import latest_checkpoint, list_checkpoints
 from kivla.train.config import TrainConfig
@@ -35,7 +36,7 @@ from kivla.train.metrics import read_metrics
 
 SIZES = ("tiny", "test")
 ACTION_VOCAB_RESERVED = 1024  # ids kept at the end of the vocabulary for any discrete action target
-MAX_PROMPT_LEN, MAX_SUFFIX_LEN = 48, 72
+MAX_PROMPT_LEN, MAX_SUFFIX_LEN = 48, 72  # the suffix grows to fit the longest action encoding
 SOURCES = ("robot", "caption", "vqa", "text")
 
 
@@ -225,16 +226,18 @@ def _open_dataset(data: Path | str, horizon: int):
     return dataset, QuantileNormalizer.from_stats(dataset.stats, (ACTION_KEY, STATE_KEY))
 
 
-def _action_tokenizer(config: RunConfig, target: str):
+def _action_tokenizer(config: RunConfig, target: str) -> tuple[ActionTokenizer | None, int]:
+    """The run's discrete action target (fitted on the data, or loaded) and the suffix length its
+    tokens need: <act> + the longest encoding of the fitting chunks + <eos>."""
     from kivla.tokenizers import fit_tokenizer, load_tokenizer
     from kivla.tokenizers.data import load_chunks
 
     if target == "none":
-        return None
+        return None, 0
+    chunks = load_chunks(config.data, config.horizon, max_chunks=config.tokenizer_fit_chunks)
     if config.action_tokenizer is not None:
         tokenizer = load_tokenizer(config.action_tokenizer)
     else:
-        chunks = load_chunks(config.data, config.horizon, max_chunks=config.tokenizer_fit_chunks)
         tokenizer = fit_tokenizer(target, chunks)
     if tokenizer.vocab_size > ACTION_VOCAB_RESERVED:
         raise ValueError(
@@ -245,7 +248,7 @@ def _action_tokenizer(config: RunConfig, target: str):
         raise ValueError(
             f"action tokenizer: horizon {tokenizer.horizon} != RunConfig.horizon {config.horizon}"
         )
-    return tokenizer
+    return tokenizer, max(len(ids) for ids in tokenizer.encode(chunks)) + 2
 
 
 def _run_trainer(
@@ -334,8 +337,8 @@ def build_policy(config: RunConfig, resume: bool = False) -> tuple[PolicyBundle,
     if config.discrete_target is not None:
         overrides["discrete_target"] = config.discrete_target
     policy_cfg = recipe_config(config.recipe, arch, **overrides)
-    tokenizer = (
-        _action_tokenizer(config, policy_cfg.discrete_target) if policy_cfg.uses_discrete_loss else None
+    tokenizer, action_tokens = (
+        _action_tokenizer(config, policy_cfg.discrete_target) if policy_cfg.uses_discrete_loss else (None, 0)
     )
     torch.manual_seed(config.train.seed)
     policy = KIPolicy(policy_cfg)
@@ -349,7 +352,7 @@ def build_policy(config: RunConfig, resume: bool = False) -> tuple[PolicyBundle,
     builder = BatchBuilder(text, tokenizer, image_size=image_size, horizon=config.horizon,
                            action_dim=dataset.action_dim, state_dim=dataset.state_dim,
                            state_input=policy_cfg.state_input, max_prompt_len=MAX_PROMPT_LEN,
-                           max_suffix_len=MAX_SUFFIX_LEN, layout=layout)  # fmt: skip
+                           max_suffix_len=max(MAX_SUFFIX_LEN, action_tokens), layout=layout)  # fmt: skip
     bundle = PolicyBundle(policy, builder, normalizer, recipe=config.recipe)
     batches = MixtureBatches(
         builder,

@@ -11,7 +11,7 @@ from kivla.data.world_env import VectorEnv, WorldConfig
 from kivla.model.bundle import PolicyBundle
 from kivla.model.config import RECIPES
 from kivla.train.config import TrainConfig
-from kivla.train.run import PretrainConfig, RunConfig, pretrain_backbone, train_policy
+from kivla.train.run import PretrainConfig, RunConfig, build_policy, pretrain_backbone, train_policy
 
 IMAGE = 32
 
@@ -80,3 +80,12 @@ def test_run_config_errors_name_the_field(dataset):
         RunConfig(data=dataset, size="huge")
     with pytest.raises(ValueError, match=r"RunConfig\.data"):
         RunConfig(data=None)
+
+
+def test_suffix_fits_the_longest_action_encoding(dataset, tmp_path):
+    # Binning gives H·D tokens (80 here), more than the default suffix room.
+    config = run_config(dataset, tmp_path / "bin", recipe="ki", discrete_target="binning", horizon=20)
+    bundle, batches = build_policy(config)
+    assert bundle.builder.max_suffix_len >= 20 * 4 + 2
+    batches(0, 0, 0, 1, 8)
+    assert bundle.builder.truncated == 0
