@@ -3,7 +3,7 @@ import json
 import pytest
 
 from kivla.cli import main
-from kivla.eval.testing import save_tiny_world_bundle
+from kivla.model.testing import save_tiny_world_bundle
 
 
 def test_eval_oracle_json(tmp_path, capsys):

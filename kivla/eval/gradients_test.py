@@ -6,7 +6,7 @@ import torch
 
 from kivla.data.world_dataset import generate_dataset
 from kivla.eval.gradients import GradientStudyConfig, _Moments, gradient_study, markdown, robot_batches
-from kivla.eval.testing import IMAGE_SIZE, tiny_world_bundle
+from kivla.model.testing import IMAGE_SIZE, tiny_world_bundle
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import torch
 
 from kivla.data.language import language_examples
 from kivla.eval.language import LanguageConfig, language_metrics, language_retention, markdown, score_examples
-from kivla.eval.testing import IMAGE_SIZE, tiny_world_bundle
+from kivla.model.testing import IMAGE_SIZE, tiny_world_bundle
 from kivla.model.text import ANS, EOS
 
 

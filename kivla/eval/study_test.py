@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from kivla.eval.study import StudyConfig, run_study
-from kivla.eval.testing import save_tiny_world_bundle
+from kivla.model.testing import save_tiny_world_bundle
 
 
 def fake_pretrain(config, progress=False):

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from kivla.data.world_dataset import generate_dataset
-from kivla.eval.testing import HORIZON, IMAGE_SIZE, tiny_world_bundle
 from kivla.eval.validation import ValidationConfig, flow_validation
+from kivla.model.testing import HORIZON, IMAGE_SIZE, tiny_world_bundle
 
 
 @pytest.fixture(scope="module")

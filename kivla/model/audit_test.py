@@ -48,9 +48,9 @@ def test_cli_json_schema(capsys):
 
 
 def test_cli_on_a_checkpoint(tmp_path, capsys):
-    from kivla.model.io import save_policy
+    from kivla.model.testing import save_tiny_world_bundle
 
-    save_policy(KIPolicy(recipe_config("naive", tiny_test_config())), tmp_path / "policy")
+    save_tiny_world_bundle(tmp_path / "policy", recipe="naive")
     args = [
         "audit",
         "--recipe",
@@ -65,7 +65,7 @@ def test_cli_on_a_checkpoint(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["flow"]["backbone"] == 0.0 and report["fast"]["backbone"] > 0
     assert main(["audit", "--recipe", "ki", "--checkpoint", str(tmp_path / "missing")]) == 2
-    assert "missing config.json" in capsys.readouterr().err
+    assert "policy.json" in capsys.readouterr().err
 
 
 def test_cli_table_and_bad_arguments(capsys):

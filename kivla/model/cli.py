@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     audit.add_argument("--num-language", type=int, default=2, help="language (LM-only) examples in the batch")
     audit.add_argument("--seed", type=int, default=0)
     audit.add_argument(
-        "--checkpoint", help="a policy directory written by save_policy (config.json + weights)"
+        "--checkpoint", help="a policy bundle or training checkpoint directory (policy.json + weights)"
     )
     audit.set_defaults(func=run_audit)
 
@@ -38,8 +38,8 @@ def run_audit(args: argparse.Namespace) -> int:
     import torch
 
     from kivla.model.audit import GROUPS, gradient_audit
+    from kivla.model.bundle import PolicyBundle
     from kivla.model.config import recipe_config, tiny_test_config
-    from kivla.model.io import load_policy
     from kivla.model.policy import KIPolicy
     from kivla.model.synthetic import synthetic_batch
 
@@ -47,7 +47,7 @@ def run_audit(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size: expected >= 1, got {args.batch_size}")
     torch.manual_seed(args.seed)
     if args.checkpoint:
-        trained = load_policy(args.checkpoint)
+        trained = PolicyBundle.load(args.checkpoint, weights="model").policy
         config = recipe_config(args.recipe, trained.config)
         policy = KIPolicy(config)
         policy.load_state_dict(trained.state_dict())
