@@ -50,21 +50,14 @@ class MixtureSampler:
             self.normalizer = normalizer or QuantileNormalizer.from_stats(
                 robot.stats, (robot.action_key, robot.state_key)
             )
-        size = image_size or (
+        self.image_size = image_size or (
             robot.info["features"][robot.image_key]["shape"][0]
             if robot is not None and robot.image_key
             else 64
         )
-        self.language = {
-            kind: language_examples(
-                seed=seed * 4 + i,
-                kinds=(kind,),
-                exclude_question_types=exclude_question_types,
-                image_size=size,
-            )
-            for i, kind in enumerate(SOURCES[1:])
-            if self.probs[SOURCES.index(kind)] > 0
-        }
+        self.exclude_question_types = tuple(exclude_question_types)
+        if self.probs[SOURCES.index("vqa")] > 0:  # fail now, not at the first VQA draw
+            next(language_examples(seed, 1, ("vqa",), self.exclude_question_types, self.image_size))
 
     def robot_example(self, row: int) -> Example:
         item = self.robot[row]
@@ -83,15 +76,27 @@ class MixtureSampler:
             fast=True,
         )
 
+    def draw_source(self, rng: np.random.Generator) -> str:
+        """The source of the next example: the first draw `draw` makes from `rng`."""
+        return SOURCES[int(rng.choice(len(SOURCES), p=self.probs))]
+
+    def draw(self, rng: np.random.Generator) -> Example:
+        """One example drawn with `rng` alone: a pure function of the generator's state."""
+        source = self.draw_source(rng)
+        if source == "robot":
+            return self.robot_example(int(rng.integers(len(self.robot))))
+        stream = language_examples(
+            seed=int(rng.integers(2**31)), kinds=(source,), image_size=self.image_size,
+            exclude_question_types=self.exclude_question_types,
+        )  # fmt: skip
+        return next(stream).to_example()
+
     def __iter__(self) -> Iterator[Example]:
         while True:
             yield self.next()
 
     def next(self) -> Example:
-        source = SOURCES[self.rng.choice(len(SOURCES), p=self.probs)]
-        if source == "robot":
-            return self.robot_example(int(self.rng.integers(len(self.robot))))
-        return next(self.language[source]).to_example()
+        return self.draw(self.rng)
 
     def sample(self, n: int) -> list[Example]:
         """The next n examples of the stream."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-SOURCES = ("robot", "caption", "vqa", "text")
-
 
 def _parse_mix(text: str) -> dict[str, float]:
     """ "robot=0.7,caption=0.1,vqa=0.15,text=0.05" -> dict (missing sources get 0)."""
+    from kivla.data.mixture import SOURCES
+
     out = dict.fromkeys(SOURCES, 0.0)
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = part.partition("=")

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from kivla.data.example import Example
-from kivla.data.language import corpus_words, language_examples
+from kivla.data.language import corpus_words
+from kivla.data.mixture import SOURCES, MixtureSampler
 from kivla.data.normalize import QuantileNormalizer
 from kivla.model import flow
 from kivla.model.batch import STATE_BINS, BatchBuilder, KIBatch, VocabLayout
@@ -37,7 +37,6 @@ from kivla.train.metrics import read_metrics
 SIZES = ("tiny", "test")
 ACTION_VOCAB_RESERVED = 1024  # ids kept at the end of the vocabulary for any discrete action target
 MAX_PROMPT_LEN, MAX_SUFFIX_LEN = 48, 72  # the suffix grows to fit the longest action encoding
-SOURCES = ("robot", "caption", "vqa", "text")
 
 
 @dataclass
@@ -146,39 +145,23 @@ def fit_text_tokenizer(extra: list[str] = ()) -> TextTokenizer:
 class MixtureBatches:
     """`batch_fn` for the Trainer: example i of (step, micro) is a pure function of its indices.
 
-    So a resumed run, or a run split over ranks, sees exactly the examples a single run would.
-    Each example also draws its own flow noise and time, for the same reason.
+    Each example is drawn by the data package's `MixtureSampler` from its own generator
+    `default_rng([seed, step, micro, i])`, which also draws its flow noise and time. So a resumed
+    run, or a run split over ranks, sees exactly the examples a single run would.
     """
 
-    def __init__(
-        self,
-        builder: BatchBuilder,
-        mixture: MixtureConfig,
-        seed: int,
-        dataset=None,
-        normalizer: QuantileNormalizer | None = None,
-        image_size: int = 64,
-        flow_samples: int = 1,
-        grad_accum: int = 1,
-    ) -> None:
-        self.builder, self.mixture, self.seed, self.grad_accum = builder, mixture, seed, grad_accum
-        self.dataset, self.normalizer, self.image_size = dataset, normalizer, image_size
-        self.flow_samples = flow_samples
-        weights = mixture.weights()
-        self.probs = np.array([weights[k] for k in SOURCES]) / sum(weights.values())
-        if self.probs[0] > 0 and dataset is None:
-            raise ValueError("mixture.robot > 0 needs a robot dataset")
+    def __init__(self, builder: BatchBuilder, sampler: MixtureSampler, seed: int, flow_samples: int = 1,
+                 grad_accum: int = 1) -> None:  # fmt: skip
+        self.builder, self.sampler, self.seed = builder, sampler, seed
+        self.flow_samples, self.grad_accum = flow_samples, grad_accum
 
     def _rng(self, step: int, micro: int, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, step, micro, index])
 
-    def _source(self, rng: np.random.Generator) -> str:
-        return SOURCES[int(rng.choice(len(SOURCES), p=self.probs))]
-
     def loss_denominator(self, step: int, world_size: int, n: int) -> dict[str, float]:
         """Examples carrying each loss in the whole global batch, per shard (rank x micro-step)."""
         sources = [
-            self._source(self._rng(step, micro, i))
+            self.sampler.draw_source(self._rng(step, micro, i))
             for micro in range(self.grad_accum)
             for i in range(world_size * n)
         ]
@@ -187,29 +170,12 @@ class MixtureBatches:
         fast = robot if self.builder.action_tokenizer is not None else 0
         return {"flow": robot / shards, "fast": fast / shards, "lm": (len(sources) - robot) / shards}
 
-    def example(self, rng: np.random.Generator) -> Example:
-        source = self._source(rng)
-        if source == "robot":
-            item = self.dataset[int(rng.integers(len(self.dataset)))]
-            return Example(
-                prompt=item["task"], image=item.get("image"),
-                actions=self.normalizer.normalize(ACTION_KEY, item["actions"]),
-                action_is_pad=item["action_is_pad"],
-                state=self.normalizer.normalize(STATE_KEY, item["state"]),
-                kind="robot", flow=True, fast=True,
-            )  # fmt: skip
-        stream = language_examples(
-            seed=int(rng.integers(2**31)), kinds=(source,), image_size=self.image_size,
-            exclude_question_types=self.mixture.exclude_question_types,
-        )  # fmt: skip
-        return next(stream).to_example()
-
     def __call__(self, step: int, micro: int, rank: int, world_size: int, n: int) -> KIBatch:
         examples, noise, times = [], [], []
         h, d = self.builder.horizon, self.builder.action_dim
         for j in range(n):
             rng = self._rng(step, micro, rank * n + j)
-            examples.append(self.example(rng))
+            examples.append(self.sampler.draw(rng))
             noise.append(rng.standard_normal((self.flow_samples, h, d), dtype=np.float32))
             times.append(rng.random(self.flow_samples))
         batch = self.builder.collate(examples)
@@ -298,7 +264,9 @@ def pretrain_backbone(
                            state_dim=STATE_DIM, max_prompt_len=MAX_PROMPT_LEN, max_suffix_len=MAX_SUFFIX_LEN,
                            layout=layout)  # fmt: skip
     bundle = PolicyBundle(policy, builder, None, recipe="pretrain")
-    batches = MixtureBatches(builder, config.mixture, config.seed, image_size=config.image_size)
+    sampler = MixtureSampler(None, config.mixture.weights(), config.seed, image_size=config.image_size,
+                             exclude_question_types=config.mixture.exclude_question_types)  # fmt: skip
+    batches = MixtureBatches(builder, sampler, config.seed)
     train = TrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
                         warmup_steps=min(50, config.steps // 10), save_every=config.steps, keep_last=1,
                         ema_decay=None, log_every=max(1, min(10, config.steps // 20)))  # fmt: skip
@@ -354,16 +322,10 @@ def build_policy(config: RunConfig, resume: bool = False) -> tuple[PolicyBundle,
                            state_input=policy_cfg.state_input, max_prompt_len=MAX_PROMPT_LEN,
                            max_suffix_len=max(MAX_SUFFIX_LEN, action_tokens), layout=layout)  # fmt: skip
     bundle = PolicyBundle(policy, builder, normalizer, recipe=config.recipe)
-    batches = MixtureBatches(
-        builder,
-        config.mixture,
-        config.train.seed,
-        dataset,
-        normalizer,
-        image_size,
-        policy_cfg.flow_samples_per_example,
-        config.train.grad_accum,
-    )
+    sampler = MixtureSampler(dataset, config.mixture.weights(), config.train.seed, normalizer,
+                             config.mixture.exclude_question_types, image_size)  # fmt: skip
+    batches = MixtureBatches(builder, sampler, config.train.seed, policy_cfg.flow_samples_per_example,
+                             config.train.grad_accum)  # fmt: skip
     return bundle, batches
 
 
