@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from kivla.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from kivla.train.config import TrainConfig
@@ -44,6 +44,23 @@ class TrainResult:
 def step_seed(seed: int, step: int, rank: int) -> int:
     """The seed of one rank at one step: independent streams, no state to save."""
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def ema_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
+    """EMA with warmup: the decay after n updates is min(decay, (1 + n) / (10 + n)).
+
+    A fixed 0.999 would leave a 500-step run's average half made of its initial weights; the
+    warmup lets the average follow the weights early and settle to `decay` later.
+    """
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        for a, c in zip(averaged, current, strict=True):
+            a.lerp_(c, 1.0 - d)
+
+    return update
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
@@ -84,7 +101,7 @@ class Trainer:
                 "TrainConfig.ema_decay: EMA is not supported with FSDP; set it to None (--ema-decay 0)"
             )
         self.ema = (
-            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+            AveragedModel(self.model, multi_avg_fn=ema_update(config.ema_decay), use_buffers=True)
             if config.ema_decay is not None
             else None
         )

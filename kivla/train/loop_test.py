@@ -113,3 +113,15 @@ def test_config_errors_name_the_field(field, value):
 def test_batch_must_split_over_ranks():
     with pytest.raises(ValueError, match=r"TrainConfig\.batch_size"):
         cfg(batch_size=6, grad_accum=4).micro_batch_size(world_size=1)
+
+
+def test_ema_warms_up_then_settles_to_its_decay():
+    from kivla.train.loop import ema_update
+
+    update = ema_update(0.99)
+    averaged, current = [torch.zeros(1)], [torch.ones(1)]
+    update(averaged, current, torch.tensor(1))  # decay (1+1)/(10+1) = 0.18: mostly the new value
+    assert averaged[0].item() == pytest.approx(1 - 2 / 11)
+    averaged = [torch.zeros(1)]
+    update(averaged, current, torch.tensor(10_000))  # long after warmup: the configured decay
+    assert averaged[0].item() == pytest.approx(0.01)
