@@ -25,7 +25,7 @@ class DemoConfig:
     val_episodes: int = 30  # held-out episodes for the flow validation error
     image_size: int = 64
     size: str = "tiny"
-    pretrain_steps: int = 300
+    pretrain_steps: int = 400
     pretrain_batch: int = 32
     train_steps: int = 700
     train_batch: int = 32
