@@ -32,6 +32,16 @@ from kivla.tokenizers.bpe import IntegerBPE
 BPE_FILE = "bpe.json"
 
 
+def check_quantization(scale: float, vocab_size: int, min_frequency: int) -> None:
+    """The settings FAST and wavelet share: coefficient scale and the BPE over the integers."""
+    if not scale > 0:
+        raise ValueError(f"scale: expected > 0, got {scale}")
+    if vocab_size < 2:
+        raise ValueError(f"vocab_size: expected >= 2, got {vocab_size}")
+    if min_frequency < 1:
+        raise ValueError(f"min_frequency: expected >= 1, got {min_frequency}")
+
+
 class QuantizedBPETokenizer(ActionTokenizer):
     """Transform along time → round(scale · c) → low-frequency-first flatten → integer BPE."""
 

@@ -8,7 +8,7 @@ import numpy as np
 import scipy.fft
 
 from kivla.tokenizers.base import register
-from kivla.tokenizers.coefficients import QuantizedBPETokenizer
+from kivla.tokenizers.coefficients import QuantizedBPETokenizer, check_quantization
 
 
 @dataclass(frozen=True)
@@ -18,12 +18,7 @@ class FASTConfig:
     min_frequency: int = 2  # BPE merges need a pair seen at least this often
 
     def __post_init__(self) -> None:
-        if not self.scale > 0:
-            raise ValueError(f"scale: expected > 0, got {self.scale}")
-        if self.vocab_size < 2:
-            raise ValueError(f"vocab_size: expected >= 2, got {self.vocab_size}")
-        if self.min_frequency < 1:
-            raise ValueError(f"min_frequency: expected >= 1, got {self.min_frequency}")
+        check_quantization(self.scale, self.vocab_size, self.min_frequency)
 
 
 def dct(chunks: np.ndarray) -> np.ndarray:

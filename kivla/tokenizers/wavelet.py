@@ -11,7 +11,7 @@ import pywt
 
 from kivla.tokenizers.base import register
 from kivla.tokenizers.bpe import IntegerBPE
-from kivla.tokenizers.coefficients import QuantizedBPETokenizer
+from kivla.tokenizers.coefficients import QuantizedBPETokenizer, check_quantization
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,7 @@ class WaveletConfig:
             raise ValueError(f"mode: expected one of {pywt.Modes.modes}, got {self.mode!r}")
         if self.level is not None and self.level < 1:
             raise ValueError(f"level: expected >= 1 or None, got {self.level}")
-        if not self.scale > 0:
-            raise ValueError(f"scale: expected > 0, got {self.scale}")
-        if self.vocab_size < 2:
-            raise ValueError(f"vocab_size: expected >= 2, got {self.vocab_size}")
-        if self.min_frequency < 1:
-            raise ValueError(f"min_frequency: expected >= 1, got {self.min_frequency}")
+        check_quantization(self.scale, self.vocab_size, self.min_frequency)
 
 
 @register
