@@ -25,10 +25,16 @@ IMAGE, HORIZON = 64, 50
 def tiny_bundle() -> PolicyBundle:
     """The default tiny architecture (kivla.train.run.policy_config) with random weights."""
     from kivla.model.config import recipe_config
-    from kivla.train.run import fit_text_tokenizer, policy_config
+    from kivla.train.run import (
+        ACTION_VOCAB_RESERVED,
+        MAX_PROMPT_LEN,
+        MAX_SUFFIX_LEN,
+        fit_text_tokenizer,
+        policy_config,
+    )
 
     text = fit_text_tokenizer()
-    layout = VocabLayout(text.vocab_size, STATE_BINS, 1024)
+    layout = VocabLayout(text.vocab_size, STATE_BINS, ACTION_VOCAB_RESERVED)
     arch = policy_config("tiny", IMAGE, layout.vocab_size, HORIZON, ACTION_DIM, STATE_DIM)
     torch.manual_seed(0)
     policy = KIPolicy(recipe_config("ki", arch, discrete_target="none"))
@@ -39,8 +45,8 @@ def tiny_bundle() -> PolicyBundle:
         horizon=HORIZON,
         action_dim=ACTION_DIM,
         state_dim=STATE_DIM,
-        max_prompt_len=48,
-        max_suffix_len=72,
+        max_prompt_len=MAX_PROMPT_LEN,
+        max_suffix_len=MAX_SUFFIX_LEN,
         layout=layout,
     )
     bounds = {
