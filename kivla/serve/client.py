@@ -7,6 +7,7 @@ the `kivla.eval` Policy interface over a server: `kivla eval --server ws://HOST:
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -28,8 +29,9 @@ class PolicyClient:
             url = f"ws://{url}"
         self.url = url
         headers = {"Authorization": f"Api-Key {api_key}"} if api_key else None
-        self._ws = connect(
-            url, compression=None, max_size=None, additional_headers=headers, open_timeout=timeout
+        self._stack = contextlib.ExitStack()  # a connection held open across calls
+        self._ws = self._stack.enter_context(
+            connect(url, compression=None, max_size=None, additional_headers=headers, open_timeout=timeout)
         )
         self._timeout = timeout
         self.metadata: dict[str, Any] = msgpack_numpy.unpackb(self._ws.recv(timeout))
@@ -51,7 +53,7 @@ class PolicyClient:
         return msgpack_numpy.unpackb(reply)
 
     def close(self) -> None:
-        self._ws.close()
+        self._stack.close()
 
     def __enter__(self) -> PolicyClient:
         return self

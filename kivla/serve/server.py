@@ -65,6 +65,13 @@ class ServeConfig:
             raise ValueError("ServeConfig.api_key: expected a non-empty key or None")
 
 
+def bind_warning(host: str, api_key: str | None) -> str | None:
+    """The warning for a server that anyone on the network could drive, else None."""
+    if api_key is None and not is_loopback(host):
+        return f"serving on {host} without an API key: anyone who can reach it can drive it"
+    return None
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -190,8 +197,8 @@ class PolicyServer:
 
     async def serve(self, ready: threading.Event | None = None, stop: asyncio.Event | None = None) -> None:
         c = self.config
-        if c.api_key is None and not is_loopback(c.host):
-            log.warning("serving on %s without an API key: anyone who can reach it can drive it", c.host)
+        if (warning := bind_warning(c.host, c.api_key)) is not None:
+            log.warning(warning)
         self.batcher = Batcher(
             self.sample, c.max_batch, c.batch_window_ms / 1e3, clients=lambda: self.connections
         )
