@@ -14,9 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve",
         help="serve a policy over openpi's websocket + msgpack protocol (openpi-client drives it)",
         description="Loads a policy (a bundle or checkpoint directory; a run directory: its latest "
-        "checkpoint) and serves it on ws://HOST:PORT: metadata on connect, then one msgpack "
-        "observation frame in, one action chunk out, with dynamic batching of concurrent clients. "
-        "GET /healthz answers 200. See docs/serving.md.",
+        "checkpoint) and serves it on ws://HOST:PORT with openpi's protocol: metadata on connect, then "
+        "one msgpack observation frame in, one action chunk out, with dynamic batching of concurrent "
+        "clients. GET /healthz answers 200. See docs/serving.md.",
     )
     sv.add_argument("--policy", type=Path, required=True, help="bundle, checkpoint or run directory")
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
