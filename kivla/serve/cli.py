@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sv.add_argument("--seed", type=int, default=0, help="noise seed for requests without their own")
     sv.add_argument("--weights", choices=("auto", "ema", "model"), default="auto")
     sv.add_argument("--device", default="cpu")
+    sv.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     sv.set_defaults(func=run_serve)
 
 
@@ -56,6 +57,12 @@ def run_serve(args: argparse.Namespace) -> int:
     from kivla.serve.server import PolicyServer, ServeConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise ValueError(f"--threads: expected >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     config = ServeConfig(
         host=args.host,
         port=args.port,
