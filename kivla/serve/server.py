@@ -48,13 +48,14 @@ class ServeConfig:
     max_batch: int = 16  # observations sampled together; 1 turns batching off
     batch_window_ms: float = 2.0  # how long an open batch waits for other connected clients
     max_frame_bytes: int = 4 * 2**20
+    max_observations: int = 256  # in one batched frame (a bound on one request's policy time)
     num_steps: int = 10  # Euler steps of flow sampling
     seed: int = 0  # the server's noise generator (requests without noise or noise_seed)
     fps: int = 10  # control rate the policy was trained at (the built-in world's)
     keys: ObservationKeys = field(default_factory=ObservationKeys)
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_frame_bytes", "num_steps", "fps"):
+        for name in ("max_batch", "max_frame_bytes", "max_observations", "num_steps", "fps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ServeConfig.{name}: expected >= 1, got {getattr(self, name)}")
         if not 0 <= self.port < 65536:
@@ -111,6 +112,7 @@ class PolicyServer:
             "num_steps": c.num_steps,
             "max_batch": c.max_batch,
             "max_frame_bytes": c.max_frame_bytes,
+            "max_observations": c.max_observations,
             "keys": {"image": s.keys.image, "state": s.keys.state, "prompt": s.keys.prompt},
             "actions": "float32 [H, D] unnormalized ([B, H, D] for a batched observation)",
         }
@@ -146,6 +148,11 @@ class PolicyServer:
         except Exception as err:  # msgpack raises several types on garbage; none may escape
             raise BadRequest(f"frame: not a msgpack observation map ({type(err).__name__}: {err})") from err
         request = parse_request(obs, self.spec)
+        if request.size > self.config.max_observations:
+            raise BadRequest(
+                f"{self.spec.keys.image}: expected at most {self.config.max_observations} observations "
+                f"in one frame, got {request.size}"
+            )
         for prompt in request.prompts:
             unknown = unknown_words(self.bundle.builder.text, prompt)
             if unknown:

@@ -175,6 +175,18 @@ def test_oversized_frame_is_refused(bundle):
         assert client.infer(make_obs())["actions"].shape == (8, 4)
 
 
+def test_too_many_observations_in_one_frame(bundle):
+    with running_server(bundle, ServeConfig(port=0, max_observations=2)) as srv:
+        client = WebsocketClientPolicy("127.0.0.1", srv.port)
+        frame = {
+            "observation/image": np.zeros((3, 32, 32, 3), np.uint8),
+            "observation/state": np.zeros((3, 5)),
+            "prompt": ["reach the red circle"] * 3,
+        }
+        with pytest.raises(RuntimeError, match="expected at most 2 observations in one frame, got 3"):
+            client.infer(frame)
+
+
 def test_api_key(bundle):
     with running_server(bundle, ServeConfig(port=0, api_key="s3cret")) as srv:
         for key in (None, "wrong"):
