@@ -9,11 +9,15 @@ PYTEST_ARGS ?=
 
 install: $(VENV)/.installed
 
+# The last step installs openpi's own client for the serving tests with --no-deps: openpi-client 0.1.2
+# declares numpy<2 and dm-tree, which would break this environment, but its client and msgpack modules
+# import only msgpack, numpy and websockets (kivla's own dependencies; typing_extensions comes with torch).
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps "openpi-client==0.1.2"
 	@touch $@
 
 lint: install

@@ -6,6 +6,7 @@ Packages follow the data flow (see docs/architecture.md):
   model/       backbones, action expert, attention masks, KIPolicy
   train/       training loop, recipes, checkpoints, distributed launch
   eval/        rollouts, language retention, gradient studies
+  serve/       policy server (openpi's protocol) and clients
 """
 
 __version__ = "0.1.0"

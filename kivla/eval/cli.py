@@ -22,6 +22,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         help="policy bundle or checkpoint directory (a run directory: its latest checkpoint)",
     )
+    who.add_argument(
+        "--server",
+        metavar="ws://HOST:PORT",
+        help="a running `kivla serve`: the closed loop queries it (same seeds, same chunks as in process)",
+    )
     who.add_argument("--oracle", action="store_true", help="the scripted expert (upper bound)")
     who.add_argument("--random", action="store_true", help="uniform random actions (lower bound)")
     ev.add_argument("--episodes", type=int, default=40, help="episodes per split, spread over the families")
@@ -36,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--max-steps", type=int, default=200, help="episode step limit")
     ev.add_argument("--videos", type=int, default=2, help="GIF rollouts saved per split")
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--api-key", help="with --server: its API key (default: $KIVLA_API_KEY)")
     ev.add_argument("--json", action="store_true", help="print the results as one JSON object")
     ev.set_defaults(func=run_eval)
 
@@ -77,9 +83,18 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise ValueError(f"--episodes: expected >= 1, got {args.episodes}")
     if (args.reference is not None or args.data is not None) and args.policy is None:
-        raise ValueError("--reference / --data: need --policy (the baselines have no backbone)")
+        raise ValueError("--reference / --data: need --policy (the baselines and --server have no backbone)")
     bundle = None
-    if args.oracle:
+    if args.server:
+        import os
+
+        from kivla.serve.client import ServerPolicy
+
+        policy = ServerPolicy(
+            args.server, seed=args.seed, api_key=args.api_key or os.environ.get("KIVLA_API_KEY")
+        )
+        name, image_size = f"server_{policy.name}", policy.image_size
+    elif args.oracle:
         policy, name, image_size = OraclePolicy(), "oracle", 64
     elif args.random:
         policy, name, image_size = RandomPolicy(seed=args.seed), "random", 64
@@ -103,8 +118,12 @@ def run_eval(args: argparse.Namespace) -> int:
         videos=args.videos,
     )
     out = args.out or Path("runs/eval") / name
-    result = evaluate(policy, config, out_dir=out)
-    report = {"policy": str(path) if bundle else name, **result.to_dict()}
+    try:
+        result = evaluate(policy, config, out_dir=out)
+    finally:
+        if args.server:
+            policy.close()
+    report = {"policy": str(path) if bundle else (args.server or name), **result.to_dict()}
     report.pop("episodes")
     sections = [result.markdown(f"Closed-loop evaluation: {name}")]
     if args.reference is not None:

@@ -60,9 +60,16 @@ class PolicyBundle:
 
     @torch.no_grad()
     def act(
-        self, obs: dict[str, Any], num_steps: int = 10, generator: torch.Generator | None = None
+        self,
+        obs: dict[str, Any],
+        num_steps: int = 10,
+        generator: torch.Generator | None = None,
+        noise: np.ndarray | torch.Tensor | None = None,
     ) -> np.ndarray:
-        """obs {"image": uint8 [B,S,S,3], "state": [B,S_dim], "instruction": list[str]} -> actions [B,H,D]."""
+        """obs {"image": uint8 [B,S,S,3], "state": [B,S_dim], "instruction": list[str]} -> actions [B,H,D].
+
+        The flow noise [B,H,D] is drawn from `generator`, or given as `noise` (a policy server
+        batching requests gives each example its own)."""
         for key in ("image", "instruction"):
             if key not in obs:
                 raise ValueError(f"obs: missing {key!r} (expected image, state, instruction)")
@@ -72,7 +79,11 @@ class PolicyBundle:
         batch = self.builder.observation(images, list(obs["instruction"]), states)
         device = next(self.policy.parameters()).device
         self.policy.eval()
-        actions = self.policy.sample_actions(batch.to(device), num_steps=num_steps, generator=generator)
+        if noise is not None:
+            noise = torch.as_tensor(noise, dtype=torch.float32, device=device)
+        actions = self.policy.sample_actions(
+            batch.to(device), num_steps=num_steps, noise=noise, generator=generator
+        )
         return actions.float().cpu().numpy()
 
     # -- files -----------------------------------------------------------------------------------
