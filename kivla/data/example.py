@@ -24,6 +24,10 @@ class Example:
     flow: bool = False  # flow-matching loss on `actions`
     fast: bool = False  # discrete-target cross-entropy on the tokens of `actions`
     lm: bool = False  # next-token cross-entropy on `answer`
+    # Dense labels of `image` (the world's Renderer.label_map), the target of the vision loss.
+    image_labels: np.ndarray | None = None  # uint8 [S, S]
+    # Label classes the prompt refers to (first, second), the target of the referring loss.
+    image_refs: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     def __post_init__(self) -> None:
         if (self.flow or self.fast) and self.actions is None:
@@ -44,3 +48,10 @@ class Example:
                 )
         if self.image is not None and (self.image.ndim != 3 or self.image.shape[2] != 3):
             raise ValueError(f"Example.image: expected uint8 [S, S, 3], got shape {self.image.shape}")
+        if self.image_labels is not None and (
+            self.image is None or self.image_labels.shape != self.image.shape[:2]
+        ):
+            raise ValueError(
+                "Example.image_labels: expected [S, S] matching the image, got "
+                f"{self.image_labels.shape} for image {None if self.image is None else self.image.shape}"
+            )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kivla.data.example import Example
-from kivla.data.world_scene import COLOR_NAMES, SHAPES, Renderer, Scene, sample_scene
+from kivla.data.world_scene import COLOR_NAMES, SHAPES, Renderer, Scene, object_labels, sample_scene
 
 KINDS: tuple[str, ...] = ("caption", "vqa", "text")
 QUESTION_TYPES: tuple[str, ...] = ("color", "shape", "count", "left_right", "relation", "nearest")
@@ -49,10 +49,14 @@ class LanguageExample:
     prompt: str
     answer: str
     kind: str  # caption | vqa:<question type> | text
+    labels: np.ndarray | None = None  # uint8 [S, S] Renderer.label_map of the image
+    refs: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # label classes a question refers to
 
     def to_example(self) -> Example:
-        """The training `Example` (LM loss only)."""
-        return Example(prompt=self.prompt, image=self.image, answer=self.answer, kind=self.kind, lm=True)
+        """The training `Example` (LM loss; dense image labels when the image has them)."""
+        refs = self.refs if self.labels is not None else None
+        return Example(prompt=self.prompt, image=self.image, answer=self.answer, kind=self.kind, lm=True,
+                       image_labels=self.labels, image_refs=refs)  # fmt: skip
 
 
 def caption(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
@@ -72,8 +76,18 @@ def _pair(scene: Scene, rng: np.random.Generator, axis: int) -> tuple[int, int] 
     return int(i), int(j)
 
 
+Refs = tuple[tuple[int, ...], tuple[int, ...]]  # object ids a question refers to: (first, second)
+
+
 def question(scene: Scene, qtype: str, rng: np.random.Generator) -> tuple[str, str] | None:
     """(question, exact answer) of type `qtype`, or None when this scene has no unambiguous one."""
+    grounded = grounded_question(scene, qtype, rng)
+    return None if grounded is None else grounded[:2]
+
+
+def grounded_question(scene: Scene, qtype: str, rng: np.random.Generator) -> tuple[str, str, Refs] | None:
+    """`question`, plus the objects it refers to: (the named / counted / answered objects, the
+    second object of a spatial comparison). These are the targets of the referring loss."""
     colors = [COLOR_NAMES[c] for c in scene.colors]
     shapes = [SHAPES[s] for s in scene.shapes]
     if qtype == "color":
@@ -81,18 +95,21 @@ def question(scene: Scene, qtype: str, rng: np.random.Generator) -> tuple[str, s
         if not unique:
             return None
         i = unique[rng.integers(len(unique))]
-        return QUESTIONS["color"][0].format(shape=shapes[i]), colors[i]
+        return QUESTIONS["color"][0].format(shape=shapes[i]), colors[i], ((i,), ())
     if qtype == "shape":
         unique = [i for i, c in enumerate(colors) if colors.count(c) == 1]
         if not unique:
             return None
         i = unique[rng.integers(len(unique))]
-        return QUESTIONS["shape"][0].format(color=colors[i]), shapes[i]
+        return QUESTIONS["shape"][0].format(color=colors[i]), shapes[i], ((i,), ())
     if qtype == "count":
         form = int(rng.integers(3))
         color, shape = COLOR_NAMES[rng.integers(len(COLOR_NAMES))], SHAPES[rng.integers(len(SHAPES))]
-        n = (scene.num_objects, colors.count(color), shapes.count(shape))[form]
-        return QUESTIONS["count"][form].format(color=color, shape=shape), NUMBER_WORDS[n]
+        counted = [
+            i for i in range(scene.num_objects) if (True, colors[i] == color, shapes[i] == shape)[form]
+        ]
+        text = QUESTIONS["count"][form].format(color=color, shape=shape)
+        return text, NUMBER_WORDS[len(counted)], (tuple(counted), ())
     if qtype in ("left_right", "relation"):
         axis = 0 if qtype == "left_right" else 1
         pair = _pair(scene, rng, axis)
@@ -101,13 +118,14 @@ def question(scene: Scene, qtype: str, rng: np.random.Generator) -> tuple[str, s
         i, j = pair
         first = scene.positions[i, axis] < scene.positions[j, axis]
         answer = ("left" if first else "right") if axis == 0 else ("above" if first else "below")
-        return QUESTIONS[qtype][0].format(a=scene.name(i), b=scene.name(j)), answer
+        return QUESTIONS[qtype][0].format(a=scene.name(i), b=scene.name(j)), answer, ((i,), (j,))
     if qtype == "nearest":
         dist = np.linalg.norm(scene.positions - scene.ee[:2], axis=1)
         order = np.argsort(dist)
         if dist[order[1]] - dist[order[0]] < MARGIN / 2:
             return None
-        return QUESTIONS["nearest"][0], f"the {scene.name(int(order[0]))}"
+        nearest = int(order[0])
+        return QUESTIONS["nearest"][0], f"the {scene.name(nearest)}", ((nearest,), ())
     raise ValueError(f"question type: expected one of {QUESTION_TYPES}, got {qtype!r}")
 
 
@@ -153,13 +171,21 @@ def language_examples(
             pair, label = caption(scene, rng), "caption"
         elif kind == "vqa":
             qtype = qtypes[rng.integers(len(qtypes))]
-            pair, label = question(scene, qtype, rng), f"vqa:{qtype}"
+            grounded, label = grounded_question(scene, qtype, rng), f"vqa:{qtype}"
+            pair = None if grounded is None else grounded[:2]
+            if grounded is not None:  # objects -> their label classes (unique within a scene)
+                classes = object_labels(scene)
+                refs = tuple(tuple(int(classes[i]) for i in ids) for ids in grounded[2])
         else:
             pair, label = text_example(scene, rng), "text"
         if pair is None:
             continue
+        if kind != "vqa":
+            refs = ((), ())
         image = None if kind == "text" else renderer.render(scene)
-        yield LanguageExample(image=image, prompt=pair[0], answer=pair[1], kind=label)
+        labels = None if kind == "text" else renderer.label_map(scene)
+        yield LanguageExample(image=image, prompt=pair[0], answer=pair[1], kind=label, labels=labels,
+                              refs=refs)  # fmt: skip
         count += 1
 
 

@@ -117,3 +117,35 @@ def test_corpus_covers_everything_the_world_says():
         words.update(split_words(info["task"].instruction))
     assert words <= vocab, sorted(words - vocab)
     assert len(vocab) < 100  # a small closed vocabulary
+
+
+def test_grounded_questions_refer_to_the_right_objects():
+    from kivla.data.language import grounded_question
+
+    rng = np.random.default_rng(0)
+    scene = _scene()
+    for _ in range(40):
+        q, a, (first, second) = grounded_question(scene, "color", rng)
+        assert len(first) == 1 and scene.name(first[0]).endswith(q.split()[-1].rstrip("?")) and not second
+        got = grounded_question(scene, "left_right", rng)
+        if got is not None:
+            q, _, ((i,), (j,)) = got
+            assert q == f"is the {scene.name(i)} left or right of the {scene.name(j)}?"
+        q, a, (counted, _) = grounded_question(scene, "count", rng)
+        assert a == ("zero", "one", "two", "three", "four")[len(counted)]
+    q, a, ((nearest,), _) = grounded_question(scene, "nearest", rng)
+    assert a == f"the {scene.name(nearest)}" == "the blue square"
+
+
+def test_language_examples_carry_labels_and_refs():
+    for ex in language_examples(5, 30, image_size=32):
+        if ex.kind == "text":
+            assert ex.labels is None and ex.image is None
+            continue
+        assert ex.labels.shape == (32, 32)
+        example = ex.to_example()
+        assert example.image_labels is ex.labels
+        assert any(ex.refs) == (ex.kind.startswith("vqa:") and ex.answer != "zero")
+        # Referred classes are drawn in the image (a counted class may be absent: "how many ... zero").
+        if ex.kind != "vqa:count":
+            assert all(set(r) <= set(np.unique(ex.labels).tolist()) for r in ex.refs)

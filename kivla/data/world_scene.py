@@ -30,6 +30,11 @@ REGION_SIZE = 0.22  # corner regions are squares of this side at the four table 
 SPAWN_LOW, SPAWN_HIGH = 0.24, 0.76  # objects start outside the corner regions
 MIN_OBJECT_DISTANCE = 0.19
 EE_RADIUS = 0.035
+# Dense labels of a rendered image (Renderer.label_map): 0 table, 1 + color·3 + shape for an
+# object's pixels, GRIPPER_LABEL for the end effector's ring.
+NUM_OBJECT_LABELS = len(COLORS) * len(SHAPES)
+GRIPPER_LABEL = NUM_OBJECT_LABELS + 1
+NUM_LABELS = NUM_OBJECT_LABELS + 2
 
 
 @dataclass
@@ -98,6 +103,18 @@ def _separated_points(rng: np.random.Generator, n: int) -> np.ndarray:
     raise RuntimeError("could not place objects; lower num_objects")
 
 
+def label_words() -> list[tuple[str, ...]]:
+    """The words that name each label class (index = class): () for the table, (color, shape) for
+    an object, ("gripper",) for the end effector."""
+    objects = [(c, s) for c in COLOR_NAMES for s in SHAPES]
+    return [(), *objects, ("gripper",)]
+
+
+def object_labels(scene: Scene) -> np.ndarray:
+    """int64 [N]: the label class of each object, 1 + color·3 + shape (unique within a scene)."""
+    return 1 + scene.colors * len(SHAPES) + scene.shapes
+
+
 def region_mask_template(size: int) -> np.ndarray:
     """bool [S, S]: pixels of the four corner regions (drawn darker so the camera sees them)."""
     u = (np.arange(size) + 0.5) / size
@@ -130,24 +147,38 @@ class Renderer:
         # Equilateral triangle pointing up (towards smaller y), circumradius r.
         return (dy <= 0.5 * r) & (np.abs(dx) <= (dy + r) / np.sqrt(3.0))
 
+    def _draw_order(self, scene: Scene) -> list[int]:
+        order = [i for i in range(scene.num_objects) if i != scene.held]
+        return [*order, scene.held] if scene.held >= 0 else order
+
     def render(self, scene: Scene) -> np.ndarray:
         """uint8 [S, S, 3] image of the scene; the held object is drawn last (it is lifted)."""
         image = self.background.copy()
-        order = [i for i in range(scene.num_objects) if i != scene.held]
-        if scene.held >= 0:
-            order.append(scene.held)
-        for i in order:
+        for i in self._draw_order(scene):
             x, y = scene.positions[i]
             image[self.shape_mask(int(scene.shapes[i]), x, y)] = COLORS[COLOR_NAMES[scene.colors[i]]]
-        self._draw_gripper(image, scene.ee)
+        ring, center = self._gripper_masks(scene.ee)
+        image[ring] = (250, 250, 250) if scene.ee[3] >= 0.5 else (20, 20, 20)
+        image[center] = (60, 60, 60)
         return image
 
-    def _draw_gripper(self, image: np.ndarray, ee: np.ndarray) -> None:
-        # A ring whose radius grows with height; white when open, black when closed.
-        x, y, z, g = ee
+    def label_map(self, scene: Scene) -> np.ndarray:
+        """uint8 [S, S]: what `render` draws at each pixel (0 table, 1 + color·3 + shape, or
+        GRIPPER_LABEL): dense targets that the world gives for free, used to teach vision."""
+        labels = np.zeros((self.size, self.size), dtype=np.uint8)
+        classes = object_labels(scene)
+        for i in self._draw_order(scene):
+            x, y = scene.positions[i]
+            labels[self.shape_mask(int(scene.shapes[i]), x, y)] = classes[i]
+        ring, center = self._gripper_masks(scene.ee)
+        labels[ring | center] = GRIPPER_LABEL
+        return labels
+
+    def _gripper_masks(self, ee: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # A ring whose radius grows with height (white when open, black when closed), and its center.
+        x, y, z, _ = ee
         radius = EE_RADIUS * (1.0 + 0.6 * z)
         width = max(0.012, 1.5 / self.size)
         d2 = (self.px - x) ** 2 + (self.py - y) ** 2
         ring = (d2 <= radius**2) & (d2 >= (radius - width) ** 2)
-        image[ring] = (250, 250, 250) if g >= 0.5 else (20, 20, 20)
-        image[d2 <= (0.6 * width) ** 2 + (0.5 / self.size) ** 2] = (60, 60, 60)
+        return ring, d2 <= (0.6 * width) ** 2 + (0.5 / self.size) ** 2

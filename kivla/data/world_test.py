@@ -141,3 +141,23 @@ def test_parse_instruction_inverts_the_grammar():
         assert parse_instruction(task.instruction) == task.composition
     assert parse_instruction("put the red circle on the moon") is None
     assert parse_instruction("push the pink circle left") is None
+
+
+def test_label_map_matches_the_rendered_pixels():
+    from kivla.data.world_scene import COLORS, GRIPPER_LABEL, TABLE_RGB, object_labels
+
+    rng = np.random.default_rng(4)
+    renderer = Renderer(64)
+    for _ in range(5):
+        env = TabletopEnv()
+        env.reset(seed=int(rng.integers(1000)))
+        scene = env.scene
+        image, labels = renderer.render(scene), renderer.label_map(scene)
+        classes = object_labels(scene)
+        for i, cls in enumerate(classes):
+            pixels = image[labels == cls]
+            assert len(pixels) > 5  # the gripper ring may cover part of an object
+            assert (pixels == COLORS[COLOR_NAMES[scene.colors[i]]]).all()
+        gripper = image[labels == GRIPPER_LABEL]
+        assert len(gripper) > 0 and not (gripper == TABLE_RGB).all(axis=1).any()
+        assert labels.max() <= GRIPPER_LABEL and len(set(classes.tolist())) == scene.num_objects

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from kivla.model.batch import KIBatch
-from kivla.model.policy import LOSS_NAMES, KIPolicy
+from kivla.model.policy import KIPolicy
 
 GROUPS = ("backbone", "embeddings", "expert")
 
@@ -34,7 +34,7 @@ def gradient_audit(policy: KIPolicy, batch: KIBatch, seed: int = 0) -> dict[str,
     report: dict[str, dict[str, float]] = {}
     was_training = policy.training
     policy.train()
-    for name in LOSS_NAMES:
+    for name in policy.loss_names:
         policy.zero_grad(set_to_none=True)
         part = policy(batch, generator=torch.Generator().manual_seed(seed)).parts[name]
         if part.requires_grad:

@@ -8,7 +8,7 @@ backbone token can see an expert token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from einops import rearrange
@@ -47,6 +47,8 @@ class PrefixCache:
 class BackboneOutput:
     cache: PrefixCache
     suffix_hidden: Tensor | None  # [B, Ls, W] final-normed hidden states of the suffix, None if Ls = 0
+    # {layer: [B, Ni, W]}: image tokens after that many layers (0: embeddings), as asked for
+    image_hidden: dict[int, Tensor] = field(default_factory=dict)
 
 
 class Backbone(nn.Module):
@@ -105,6 +107,22 @@ class DecoderLayer(nn.Module):
         return x, k, v
 
 
+def image_stem(config: BackboneConfig) -> nn.Module:
+    """[B, 3, S, S] -> [B, W, S/p, S/p]: a linear patch embedding, or log2(p) stride-2 3x3 convs."""
+    c = config
+    if c.stem == "patch":
+        return nn.Conv2d(3, c.width, kernel_size=c.patch_size, stride=c.patch_size)
+    layers: list[nn.Module] = []
+    channels, stages = 3, c.patch_size.bit_length() - 1
+    for i in range(stages):
+        out = c.width if i == stages - 1 else min(32 * 2**i, c.width)
+        layers += [nn.Conv2d(channels, out, kernel_size=3, stride=2, padding=1)]
+        if i < stages - 1:
+            layers += [nn.GELU()]
+        channels = out
+    return nn.Sequential(*layers)
+
+
 class TinyVLM(Backbone):
     """Patch embedding + decoder-only transformer with a tied LM head (a few million parameters)."""
 
@@ -114,7 +132,13 @@ class TinyVLM(Backbone):
         c = config
         self.num_layers, self.num_kv_heads, self.head_dim = c.depth, c.num_kv_heads, c.head_dim
         self.vocab_size, self.rope_theta = c.vocab_size, c.rope_theta
-        self.patch_embed = nn.Conv2d(3, c.width, kernel_size=c.patch_size, stride=c.patch_size)
+        self.patch_embed = image_stem(c)
+        self.image_norm = None
+        if c.image_token_rms is not None:
+            self.image_norm = RMSNorm(c.width)
+            nn.init.constant_(self.image_norm.weight, c.image_token_rms)
+        self.register_buffer("image_mean", torch.tensor(c.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(c.image_std).view(1, 3, 1, 1), persistent=False)
         self.image_pos = nn.Parameter(torch.randn(c.num_image_tokens, c.width) * 0.02)
         self.token_embed = nn.Embedding(c.vocab_size, c.width)
         nn.init.normal_(self.token_embed.weight, std=0.02)
@@ -123,13 +147,22 @@ class TinyVLM(Backbone):
 
     def embed_prefix(self, images: Tensor, image_mask: Tensor, prefix_ids: Tensor, prefix_mask: Tensor):
         """-> (embeddings [B, Np, W], valid [B, Np]) with Np = image tokens + Lp."""
-        patches = rearrange(self.patch_embed(images * 2.0 - 1.0), "b w h v -> b (h v) w") + self.image_pos
+        pixels = (images - self.image_mean) / self.image_std
+        patches = rearrange(self.patch_embed(pixels), "b w h v -> b (h v) w")
+        if self.image_norm is not None:
+            patches = self.image_norm(patches)
+        patches = patches + self.image_pos
         tokens = self.token_embed(prefix_ids)
         image_valid = image_mask[:, None].expand(-1, patches.shape[1])
         return torch.cat([patches, tokens], dim=1), torch.cat([image_valid, prefix_mask], dim=1)
 
-    def forward(self, images, image_mask, prefix_ids, prefix_mask, suffix_ids=None, suffix_mask=None):
+    def forward(self, images, image_mask, prefix_ids, prefix_mask, suffix_ids=None, suffix_mask=None,
+                image_hidden_layers: tuple[int, ...] = ()):  # fmt: skip
+        """`image_hidden_layers`: also return the image tokens after these many layers (0: embeddings;
+        at most depth - 1: the last layer computes suffix outputs only)."""
         x, prefix_valid = self.embed_prefix(images, image_mask, prefix_ids, prefix_mask)
+        num_image = self.config.num_image_tokens
+        image_hidden = {0: x[:, :num_image]} if 0 in image_hidden_layers else {}
         num_prefix = x.shape[1]
         positions = prefix_positions(prefix_valid)
         if suffix_ids is not None and suffix_ids.shape[1] > 0:
@@ -147,8 +180,10 @@ class TinyVLM(Backbone):
             x, k, v = layer(x, rope, mask, queries_from=num_prefix if last else 0)
             keys.append(k[:, :, :num_prefix])
             values.append(v[:, :, :num_prefix])
+            if i + 1 in image_hidden_layers and not last:
+                image_hidden[i + 1] = x[:, :num_image]
         suffix_hidden = self.final_norm(x) if x.shape[1] > 0 else None  # x: the suffix only now
-        return BackboneOutput(PrefixCache(keys, values, prefix_valid), suffix_hidden)
+        return BackboneOutput(PrefixCache(keys, values, prefix_valid), suffix_hidden, image_hidden)
 
     def lm_logits(self, hidden: Tensor) -> Tensor:
         return hidden @ self.token_embed.weight.T  # tied head, as in PaliGemma

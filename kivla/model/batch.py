@@ -81,7 +81,9 @@ class KIBatch:
     suffix_loss: dict[str, Tensor] = field(default_factory=dict)  # "fast", "lm": bool [B, Ls] targets
     actions: Tensor | None = None  # float32 [B, H, D], normalized
     action_is_pad: Tensor | None = None  # bool [B, H]
-    loss_mask: dict[str, Tensor] = field(default_factory=dict)  # "flow", "fast", "lm": bool [B]
+    loss_mask: dict[str, Tensor] = field(default_factory=dict)  # "flow", "fast", "lm", "vision": bool [B]
+    image_labels: Tensor | None = None  # uint8 [B, S, S] dense labels (0 where loss_mask["vision"] is off)
+    image_refs: Tensor | None = None  # bool [B, 2, 256]: label classes the prompt refers to (first, second)
     # Per-example flow noise and time (k draws each); drawn inside `KIPolicy.forward` when None.
     # A data pipeline that sets them makes the loss independent of how the batch is split.
     flow_noise: Tensor | None = None  # float32 [B, k, H, D]
@@ -260,6 +262,8 @@ class BatchBuilder:
             lm_tags.append(lm_tag)
 
         images, image_mask = self._images([ex.image for ex in examples])
+        image_labels, has_labels = self._image_labels(examples)
+        image_refs, has_refs = self._image_refs(examples)
         state = self._states([ex.state for ex in examples])
         has_state = [ex.state is not None for ex in examples]
         prefix = self._prefix([ex.prompt for ex in examples], state, has_state)
@@ -281,8 +285,40 @@ class BatchBuilder:
                 "flow": torch.tensor([ex.flow for ex in examples]),
                 "fast": torch.tensor([i in fast_rows for i in range(b)]),
                 "lm": torch.tensor([ex.lm for ex in examples]),
+                "vision": has_labels,
+                "refer": has_refs & has_labels,
             },
+            image_labels=image_labels,
+            image_refs=image_refs,
         )
+
+    @staticmethod
+    def _image_refs(examples: Sequence[Example]) -> tuple[Tensor | None, Tensor]:
+        """Referred label classes [B, 2, 256] (None when no example has any) and which examples have any."""
+        has = torch.tensor([bool(ex.image_refs and any(ex.image_refs)) for ex in examples])
+        if not has.any():
+            return None, has
+        out = torch.zeros(len(examples), 2, 256, dtype=torch.bool)
+        for i, ex in enumerate(examples):
+            for role, classes in enumerate(ex.image_refs or ()):
+                out[i, role, list(classes)] = True
+        return out, has
+
+    def _image_labels(self, examples: Sequence[Example]) -> tuple[Tensor | None, Tensor]:
+        """Dense labels [B, S, S] (None when no example has them) and which examples have them [B]."""
+        has = torch.tensor([ex.image_labels is not None for ex in examples])
+        if not has.any():
+            return None, has
+        s = self.image_size
+        out = np.zeros((len(examples), s, s), dtype=np.uint8)
+        for i, ex in enumerate(examples):
+            if ex.image_labels is not None:
+                if ex.image_labels.shape != (s, s):
+                    raise ValueError(
+                        f"image_labels: example {i} expected [{s}, {s}], got {ex.image_labels.shape}"
+                    )
+                out[i] = ex.image_labels
+        return torch.from_numpy(out), has
 
     def _fast_tokens(self, examples: Sequence[Example], actions: np.ndarray) -> dict[int, list[int]]:
         """Backbone ids of the discrete action target of each example with the FAST loss on."""

@@ -13,6 +13,7 @@ from typing import Any
 DISCRETE_TARGETS = ("fast", "binning", "wavelet", "vq", "none")
 STATE_INPUTS = ("prompt", "token", "none")
 BACKBONE_KINDS = ("tiny", "paligemma", "idefics3", "causal_lm")  # the last three: HF, from `path`
+IMAGE_STEMS = ("patch", "conv")
 
 
 def _positive(owner: str, **values: int | float) -> None:
@@ -36,6 +37,17 @@ class BackboneConfig:
     image_size: int = 64
     patch_size: int = 8
     rope_theta: float = 10_000.0
+    # Image input: (pixel in [0, 1] - image_mean) / image_std per channel. The default maps [0, 1]
+    # to [-1, 1]; centring on the scene's background colour makes small objects stand out.
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    # "patch": one linear patch embedding (ViT); "conv": stride-2 3x3 convolutions down to the
+    # same token grid (a receptive field that covers a whole small object).
+    stem: str = "patch"
+    # RMS of each image token as it enters the residual stream (an RMSNorm whose weight starts at
+    # this value); None: the stem's raw output. Text embeddings start at RMS 0.02, and image tokens
+    # far larger than that cannot be rewritten by the layers above them (docs/learning.md).
+    image_token_rms: float | None = None
     # HF backbones: local model directory (and the vision encoder's, for "causal_lm"). The fields
     # above other than image_size (the input image size) are then read from the loaded model.
     path: str | None = None
@@ -44,6 +56,23 @@ class BackboneConfig:
     def __post_init__(self) -> None:
         if self.kind not in BACKBONE_KINDS:
             raise ValueError(f"BackboneConfig.kind: expected one of {BACKBONE_KINDS}, got {self.kind!r}")
+        for name in ("image_mean", "image_std"):
+            value = tuple(float(v) for v in getattr(self, name))
+            if len(value) != 3:
+                raise ValueError(f"BackboneConfig.{name}: expected 3 values (RGB), got {value}")
+            object.__setattr__(self, name, value)
+        if min(self.image_std) <= 0:
+            raise ValueError(f"BackboneConfig.image_std: expected > 0, got {self.image_std}")
+        if self.image_token_rms is not None and not self.image_token_rms > 0:
+            raise ValueError(
+                f"BackboneConfig.image_token_rms: expected > 0 or None, got {self.image_token_rms}"
+            )
+        if self.stem not in IMAGE_STEMS:
+            raise ValueError(f"BackboneConfig.stem: expected one of {IMAGE_STEMS}, got {self.stem!r}")
+        if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise ValueError(
+                f"BackboneConfig.patch_size: the conv stem needs a power of two >= 2, got {self.patch_size}"
+            )
         if self.kind != "tiny" and not self.path:
             raise ValueError(f"BackboneConfig.path: required for the HF backbone kind {self.kind!r}")
         _positive(
@@ -117,13 +146,25 @@ class KIPolicyConfig:
     flow_samples_per_example: int = 1  # k flow times per example, one backbone pass
     state_input: str = "prompt"  # "prompt": 256-bin tokens in the prompt (pi0.5); "token": expert token
     require_image: bool = True  # robot examples (flow or FAST loss) must carry an image
+    # Dense vision loss: image tokens after backbone layer `vision_layer` (0: the embeddings)
+    # predict which label classes cover their patch (labels from the world's renderer).
+    vision_weight: float = 0.0
+    vision_labels: int = 0  # label classes including 0 (background); 0: no vision head
+    vision_layer: int = 0
+    # "head": a linear classifier over the classes; "words": the tied LM head must name the class
+    # (its colour and shape words), so image tokens live in the space of the words that describe them
+    vision_readout: str = "head"
+    # Referring loss: image tokens after backbone layer `refer_layer` mark the objects the prompt
+    # refers to (the named, counted or answered objects; the second object of a comparison).
+    refer_weight: float = 0.0
+    refer_layer: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.backbone, BackboneConfig):
             raise ValueError(f"KIPolicyConfig.backbone: expected BackboneConfig, got {type(self.backbone)}")
         if not isinstance(self.expert, ExpertConfig):
             raise ValueError(f"KIPolicyConfig.expert: expected ExpertConfig, got {type(self.expert)}")
-        for name in ("flow_weight", "fast_weight", "lm_weight"):
+        for name in ("flow_weight", "fast_weight", "lm_weight", "vision_weight", "refer_weight"):
             value = getattr(self, name)
             if not value >= 0:  # also rejects NaN
                 raise ValueError(f"KIPolicyConfig.{name}: expected >= 0, got {value}")
@@ -145,6 +186,21 @@ class KIPolicyConfig:
                 f"ExpertConfig.num_heads: must be a multiple of the backbone's num_kv_heads="
                 f"{self.backbone.num_kv_heads}, got {self.expert.num_heads}"
             )
+
+        if (self.vision_weight > 0 or self.refer_weight > 0) and self.vision_labels < 2:
+            raise ValueError(
+                "KIPolicyConfig.vision_labels: expected >= 2 when vision_weight or refer_weight > 0, "
+                f"got {self.vision_labels}"
+            )
+        if self.vision_readout not in ("head", "words"):
+            raise ValueError(
+                f"KIPolicyConfig.vision_readout: expected 'head' or 'words', got {self.vision_readout!r}"
+            )
+        for name in ("vision_layer", "refer_layer"):
+            value = getattr(self, name)
+            if not 0 <= value < self.backbone.depth:
+                depth = self.backbone.depth
+                raise ValueError(f"KIPolicyConfig.{name}: expected in [0, {depth}), got {value}")
 
     @property
     def uses_discrete_loss(self) -> bool:

@@ -19,14 +19,16 @@ from kivla.model.backbone import Backbone, BackboneOutput, PrefixCache, build_ba
 from kivla.model.batch import KIBatch
 from kivla.model.config import KIPolicyConfig
 from kivla.model.expert import ActionExpert
+from kivla.model.vision import object_token_labels, referred_token_labels, token_cross_entropy_per_example
 
-LOSS_NAMES = ("flow", "fast", "lm")
+LOSS_NAMES = ("flow", "fast", "lm", "vision", "refer")
 
 
 @dataclass
 class LossOutput:
-    total: Tensor  # scalar: flow_weight·flow + fast_weight·fast + lm_weight·lm
+    total: Tensor  # scalar: flow_weight·flow + fast_weight·fast + lm_weight·lm + vision_weight·vision
     parts: dict[str, Tensor]  # unweighted scalar per loss name; 0 when no example carries it
+    # ("vision" only for a policy with a vision head: `KIPolicy.loss_names`)
 
 
 class KIPolicy(nn.Module):
@@ -40,8 +42,28 @@ class KIPolicy(nn.Module):
         # Quantile bounds per action dim (q01 -> -1, q99 -> +1); -1 / +1 is the identity.
         self.register_buffer("action_low", -torch.ones(d))
         self.register_buffer("action_high", torch.ones(d))
+        # The dense vision head (a training aux head, like the LM head): image token -> label classes.
+        width = config.backbone.width
+        self.vision_head = nn.Linear(width, config.vision_labels) if config.vision_labels else None
+        self.refer_head = nn.Linear(width, 3) if config.vision_labels else None  # (neither, first, second)
+        # vision_readout "words": vocabulary ids of the (up to 2) words naming each class, -1 = none.
+        if config.vision_labels and config.vision_readout == "words":
+            self.register_buffer("label_token_ids", torch.full((config.vision_labels, 2), -1))
         if config.freeze_backbone:
             self.backbone.requires_grad_(False)
+
+    def set_label_words(self, words: list[tuple[str, ...]], token_id) -> None:
+        """The words naming each vision label class (e.g. ("red", "circle")), as vocabulary ids."""
+        if len(words) != self.config.vision_labels:
+            raise ValueError(f"label words: expected {self.config.vision_labels} classes, got {len(words)}")
+        for i, names in enumerate(words):
+            ids = [token_id(w) for w in names][:2]
+            self.label_token_ids[i] = torch.tensor((ids + ids + [-1, -1])[:2] if ids else [-1, -1])
+
+    @property
+    def loss_names(self) -> tuple[str, ...]:
+        """The names in `LossOutput.parts` of this policy."""
+        return LOSS_NAMES if self.vision_head is not None else LOSS_NAMES[:3]
 
     # -- normalization ---------------------------------------------------------------------------
     def set_action_bounds(self, q01: Tensor, q99: Tensor) -> None:
@@ -105,9 +127,11 @@ class KIPolicy(nn.Module):
                 )
 
     # -- forward ---------------------------------------------------------------------------------
-    def _encode(self, batch: KIBatch, with_suffix: bool) -> BackboneOutput:
+    def _encode(self, batch: KIBatch, with_suffix: bool, image_hidden_layers: tuple[int, ...] = ()):
         suffix = (batch.suffix_ids, batch.suffix_mask) if with_suffix else (None, None)
-        return self.backbone(batch.images, batch.image_mask, batch.prefix_ids, batch.prefix_mask, *suffix)
+        extra = {"image_hidden_layers": image_hidden_layers} if image_hidden_layers else {}
+        return self.backbone(batch.images, batch.image_mask, batch.prefix_ids, batch.prefix_mask, *suffix,
+                             **extra)  # fmt: skip
 
     def _expert_reads(self, cache: PrefixCache) -> PrefixCache:
         # The one place where insulation happens: the forward pass is unchanged.
@@ -130,14 +154,24 @@ class KIPolicy(nn.Module):
             and bool((batch.suffix_loss["fast"] & batch.loss_mask["fast"][:, None]).any()),
             "lm": c.lm_weight > 0 and bool((batch.suffix_loss["lm"] & batch.loss_mask["lm"][:, None]).any()),
         }
-        out = self._encode(batch, with_suffix=wants["fast"] or wants["lm"])
+        for name, weight in (("vision", c.vision_weight), ("refer", c.refer_weight)):
+            labelled = batch.loss_mask.get(name, batch.image_mask) & batch.image_mask
+            wants[name] = weight > 0 and batch.image_labels is not None and bool(labelled.any())
+        layers = {c.vision_layer: wants["vision"], c.refer_layer: wants["refer"]}
+        out = self._encode(batch, with_suffix=wants["fast"] or wants["lm"],
+                           image_hidden_layers=tuple(k for k, v in layers.items() if v))  # fmt: skip
         zero = batch.images.new_zeros(())
         parts = {
             "flow": self._flow_loss(batch, out.cache, generator, flow_time) if c.flow_weight > 0 else zero
         }
         for name in ("fast", "lm"):
             parts[name] = self._token_loss(batch, out, name) if wants[name] else zero
+        if self.vision_head is not None:
+            parts["vision"] = self._vision_loss(batch, out, "vision") if wants["vision"] else zero
+            parts["refer"] = self._vision_loss(batch, out, "refer") if wants["refer"] else zero
         total = c.flow_weight * parts["flow"] + c.fast_weight * parts["fast"] + c.lm_weight * parts["lm"]
+        for name in ("vision", "refer"):
+            total = total + getattr(c, f"{name}_weight") * parts.get(name, zero)
         if not total.requires_grad:  # a batch with nothing to learn still supports backward()
             total = total + 0.0 * next(self.expert.parameters()).sum()
         return LossOutput(total, parts)
@@ -191,6 +225,35 @@ class KIPolicy(nn.Module):
         count = ce.new_zeros(b).index_add(0, example, torch.ones_like(ce))
         has = count > 0
         return self._batch_mean(batch, name, total[has] / count[has])
+
+    def _vision_loss(self, batch: KIBatch, out: BackboneOutput, name: str) -> Tensor:
+        """Dense loss of the image tokens ("vision": the class of the object each token owns;
+        "refer": whether it owns a referred object): mean per example, then `_batch_mean`."""
+        c = self.config
+        layer = c.vision_layer if name == "vision" else c.refer_layer
+        if layer not in out.image_hidden:
+            raise ValueError(f"{name} loss: this backbone does not expose its image tokens")
+        rows = (batch.loss_mask[name] & batch.image_mask).nonzero().flatten()
+        owners = object_token_labels(batch.image_labels[rows], c.vision_labels, c.backbone.patch_size)
+        hidden = out.image_hidden[layer][rows]  # [B', N, W]
+        if name == "vision" and c.vision_readout == "words":
+            return self._batch_mean(batch, name, self._naming_loss(hidden, owners))
+        if name == "vision":
+            logits, targets = self.vision_head(hidden), owners  # [B', N, C], [B', N]
+        else:
+            logits, targets = self.refer_head(hidden), referred_token_labels(owners, batch.image_refs[rows])
+        return self._batch_mean(batch, name, token_cross_entropy_per_example(logits, targets))
+
+    def _naming_loss(self, hidden: Tensor, owners: Tensor) -> Tensor:
+        """[B'] mean over the tokens that own a class of the CE of the tied LM head against the
+        words naming it (half the target mass on each of two words)."""
+        ids = self.label_token_ids[owners]  # [B', N, 2]
+        named = ids[..., 0] >= 0
+        if (self.label_token_ids < 0).all():
+            raise ValueError("vision_readout 'words': call KIPolicy.set_label_words first")
+        logp = F.log_softmax(self.backbone.lm_logits(F.rms_norm(hidden, hidden.shape[-1:])).float(), -1)
+        nll = -0.5 * (logp.gather(-1, ids.clamp(min=0)).sum(-1))  # [B', N]
+        return (nll * named).sum(-1) / named.sum(-1).clamp(min=1)
 
     @staticmethod
     def _batch_mean(batch: KIBatch, name: str, per_example: Tensor) -> Tensor:

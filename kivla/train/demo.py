@@ -25,8 +25,9 @@ class DemoConfig:
     val_episodes: int = 30  # held-out episodes for the flow validation error
     image_size: int = 64
     size: str = "tiny"
-    pretrain_steps: int = 400
+    pretrain_steps: int = 600
     pretrain_batch: int = 32
+    pretrain_lr: float = 2e-3
     train_steps: int = 700
     train_batch: int = 32
     lr: float = 5e-4
@@ -88,7 +89,7 @@ def run_demo_pipeline(out: str | Path, config: DemoConfig = DEMO) -> Path:
         if pretrained is None:
             pretrain = PretrainConfig(
                 out=out / "pretrain", steps=config.pretrain_steps, batch_size=config.pretrain_batch,
-                lr=config.lr * 2, seed=config.seed, size=config.size, image_size=config.image_size,
+                lr=config.pretrain_lr, seed=config.seed, size=config.size, image_size=config.image_size,
             )  # fmt: skip
             pretrained = pretrain_backbone(pretrain)
 

@@ -35,6 +35,19 @@ from kivla.train.loop import Trainer
 from kivla.train.metrics import read_metrics
 
 SIZES = ("tiny", "test")
+# How the tiny VLM reads the world's images (docs/learning.md): a conv stem, pixels centred on the
+# table colour, image tokens entering the residual stream at RMS 0.05.
+WORLD_IMAGE_INPUT: dict[str, Any] = dict(
+    stem="conv",
+    image_mean=(205 / 255, 195 / 255, 175 / 255),
+    image_std=(0.25, 0.25, 0.25),
+    image_token_rms=0.05,
+)
+# The dense vision losses of language pretraining (docs/learning.md): each object's image token
+# names it through the tied LM head, and after layer 1 tokens mark the objects a question refers to.
+WORLD_VISION_LOSSES: dict[str, Any] = dict(
+    vision_weight=1.0, vision_labels=20, vision_readout="words", refer_weight=1.0, refer_layer=1
+)
 ACTION_VOCAB_RESERVED = 1024  # ids kept at the end of the vocabulary for any discrete action target
 MAX_PROMPT_LEN, MAX_SUFFIX_LEN = 48, 72  # the suffix grows to fit the longest action encoding
 
@@ -101,6 +114,11 @@ class PretrainConfig:
     mixture: MixtureConfig = field(
         default_factory=lambda: MixtureConfig(robot=0.0, caption=0.3, vqa=0.6, text=0.1)
     )
+    policy_overrides: dict[str, Any] = field(
+        default_factory=lambda: dict(WORLD_VISION_LOSSES)
+    )  # KIPolicyConfig
+    backbone_overrides: dict[str, Any] = field(default_factory=dict)  # BackboneConfig fields
+    save_every: int | None = None  # default: only the final step
 
 
 @dataclass
@@ -118,7 +136,8 @@ def policy_config(
     expert = dict(horizon=horizon, action_dim=action_dim, state_dim=state_dim)
     if size == "tiny":
         patch = max(1, image_size // 8)  # 64 image tokens
-        backbone = BackboneConfig(vocab_size=vocab_size, image_size=image_size, patch_size=patch)
+        backbone = BackboneConfig(vocab_size=vocab_size, image_size=image_size, patch_size=patch,
+                                  **WORLD_IMAGE_INPUT)  # fmt: skip
         return KIPolicyConfig(backbone=backbone, expert=ExpertConfig(**expert))
     backbone = BackboneConfig(
         vocab_size=vocab_size,
@@ -168,7 +187,10 @@ class MixtureBatches:
         shards = world_size * self.grad_accum
         robot = sum(s == "robot" for s in sources)
         fast = robot if self.builder.action_tokenizer is not None else 0
-        return {"flow": robot / shards, "fast": fast / shards, "lm": (len(sources) - robot) / shards}
+        seen = sum(s in ("caption", "vqa") for s in sources)  # language examples with a labelled image
+        vqa = sum(s == "vqa" for s in sources)  # the examples whose prompt refers to objects
+        return {"flow": robot / shards, "fast": fast / shards, "lm": (len(sources) - robot) / shards,
+                "vision": seen / shards, "refer": vqa / shards}  # fmt: skip
 
     def __call__(self, step: int, micro: int, rank: int, world_size: int, n: int) -> KIBatch:
         examples, noise, times = [], [], []
@@ -246,6 +268,14 @@ def _run_trainer(
     return RunOutcome(run_dir=out, checkpoints=list_checkpoints(out / "checkpoints"), history=history)
 
 
+def _name_labels(policy: KIPolicy, text: TextTokenizer) -> None:
+    """The world's label classes in words, for a policy whose vision loss names them."""
+    if policy.config.vision_readout == "words" and policy.config.vision_labels:
+        from kivla.data.world_scene import label_words
+
+        policy.set_label_words(label_words(), text.token_id)
+
+
 # -- entry points ----------------------------------------------------------------------------------
 def pretrain_backbone(
     config: PretrainConfig, progress: bool = True, resume: bool = False, ctx: DistContext | None = None
@@ -257,9 +287,12 @@ def pretrain_backbone(
     from kivla.data.world_env import ACTION_DIM, STATE_DIM
 
     arch = policy_config(config.size, config.image_size, layout.vocab_size, 50, ACTION_DIM, STATE_DIM)
-    policy_cfg = dataclasses.replace(arch, flow_weight=0.0, fast_weight=0.0, discrete_target="none")
+    arch = dataclasses.replace(arch, backbone=dataclasses.replace(arch.backbone, **config.backbone_overrides))
+    policy_cfg = dataclasses.replace(arch, flow_weight=0.0, fast_weight=0.0, discrete_target="none",
+                                     **config.policy_overrides)  # fmt: skip
     torch.manual_seed(config.seed)
     policy = KIPolicy(policy_cfg)
+    _name_labels(policy, text)
     builder = BatchBuilder(text, None, image_size=config.image_size, horizon=50, action_dim=ACTION_DIM,
                            state_dim=STATE_DIM, max_prompt_len=MAX_PROMPT_LEN, max_suffix_len=MAX_SUFFIX_LEN,
                            layout=layout)  # fmt: skip
@@ -268,7 +301,9 @@ def pretrain_backbone(
                              exclude_question_types=config.mixture.exclude_question_types)  # fmt: skip
     batches = MixtureBatches(builder, sampler, config.seed)
     train = TrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-                        warmup_steps=min(50, config.steps // 10), save_every=config.steps, keep_last=1,
+                        warmup_steps=min(50, config.steps // 10),
+                        save_every=config.save_every or config.steps,
+                        keep_last=1 if config.save_every is None else 100,
                         ema_decay=None, log_every=max(1, min(10, config.steps // 20)))  # fmt: skip
     record = {"pretrain": {**dataclasses.asdict(config), "out": str(out)}}
     outcome = _run_trainer(bundle, batches, train, out, record, progress, resume, ctx)
@@ -310,6 +345,7 @@ def build_policy(config: RunConfig, resume: bool = False) -> tuple[PolicyBundle,
     )
     torch.manual_seed(config.train.seed)
     policy = KIPolicy(policy_cfg)
+    _name_labels(policy, text)
     if base is not None:
         backbone_state = {
             k.removeprefix("backbone."): v

@@ -1,0 +1,93 @@
+"""The dense vision and referring losses: targets from pixel labels, gradient routing, insulation."""
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from kivla.data.example import Example
+from kivla.model.config import recipe_config
+from kivla.model.conftest import robot_example
+from kivla.model.policy import KIPolicy
+from kivla.model.vision import object_token_labels, referred_token_labels
+
+NUM_LABELS = 5
+
+
+def test_each_object_owns_the_token_of_its_centroid():
+    labels = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    labels[0, :2, :2] = 3  # class 3 fills the top-left patch
+    labels[0, 2:, 1:4] = 1  # class 1: centroid (row 3, col 2.5) -> bottom-right patch
+    labels[0, 0, 3] = 4  # class 4 (say, the gripper): one pixel in the top-right patch
+    owners = object_token_labels(labels, NUM_LABELS, 2)  # [1, 4 tokens]
+    assert owners.tolist() == [[3, 4, 0, 1]]
+    refs = torch.zeros(1, 2, 256, dtype=torch.bool)
+    refs[0, 0, 1] = refs[0, 1, 3] = True  # first: class 1, second: class 3
+    assert referred_token_labels(owners, refs).tolist() == [[2, 0, 0, 1]]
+
+
+def _labelled_example(rng, refs=((2,), ())) -> Example:
+    labels = np.zeros((16, 16), dtype=np.uint8)
+    labels[:8, :8], labels[8:, 8:] = 2, 4
+    return Example(prompt="what color is the circle", image=rng.integers(0, 256, (16, 16, 3), dtype=np.uint8),
+                   answer="red", kind="vqa:color", lm=True, image_labels=labels, image_refs=refs)  # fmt: skip
+
+
+def _policy(config, recipe="ki", **overrides):
+    torch.manual_seed(0)
+    config = recipe_config(recipe, config, vision_labels=NUM_LABELS, vision_weight=1.0, refer_weight=1.0,
+                           refer_layer=1, **overrides)  # fmt: skip
+    return KIPolicy(config)
+
+
+def test_vision_losses_train_the_backbone_and_not_the_expert(builder, config):
+    rng = np.random.default_rng(0)
+    policy = _policy(config)
+    batch = builder.collate([robot_example(rng), _labelled_example(rng)])
+    assert batch.loss_mask["vision"].tolist() == [False, True] and batch.image_refs[1, 0, 2]
+    out = policy(batch, generator=torch.Generator().manual_seed(0))
+    for name in ("vision", "refer"):
+        assert out.parts[name] > 0
+        policy.zero_grad(set_to_none=True)
+        out.parts[name].backward(retain_graph=True)
+        stem = [p.grad for p in policy.backbone.patch_embed.parameters()]
+        assert all(g is not None and g.abs().sum() > 0 for g in stem), name
+        assert all(p.grad is None for p in policy.expert.parameters()), name
+    # The refer head reads layer 1: layers above it get no gradient from it.
+    assert all(p.grad is None for p in policy.backbone.layers[1].parameters())
+
+
+def test_flow_loss_stays_insulated_with_vision_heads(builder, config):
+    rng = np.random.default_rng(1)
+    policy = _policy(config)
+    out = policy(builder.collate([robot_example(rng), _labelled_example(rng)]),
+                 generator=torch.Generator().manual_seed(0))  # fmt: skip
+    policy.zero_grad(set_to_none=True)
+    out.parts["flow"].backward()
+    assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in policy.backbone.parameters())
+
+
+def test_examples_without_labels_give_zero_vision_losses(builder, config):
+    rng = np.random.default_rng(2)
+    out = _policy(config)(builder.collate([robot_example(rng)]), generator=torch.Generator().manual_seed(0))
+    assert out.parts["vision"] == 0 and out.parts["refer"] == 0
+    assert set(out.parts) == {"flow", "fast", "lm", "vision", "refer"}
+
+
+def test_a_policy_without_vision_head_reports_three_losses(builder, config):
+    torch.manual_seed(0)
+    policy = KIPolicy(recipe_config("ki", config))
+    rng = np.random.default_rng(3)
+    out = policy(builder.collate([robot_example(rng), _labelled_example(rng)]))
+    assert set(out.parts) == {"flow", "fast", "lm"} and policy.vision_head is None
+
+
+def test_conv_stem_and_image_normalization(config):
+    backbone = dataclasses.replace(
+        config.backbone, stem="conv", image_mean=(0.8, 0.7, 0.6), image_std=(0.25,) * 3
+    )
+    policy = KIPolicy(dataclasses.replace(config, backbone=backbone))
+    images = torch.rand(2, 3, 16, 16)
+    x, _ = policy.backbone.embed_prefix(images, torch.ones(2, dtype=torch.bool), torch.ones(2, 3).long(),
+                                        torch.ones(2, 3, dtype=torch.bool))  # fmt: skip
+    assert x.shape[1] == config.backbone.num_image_tokens + 3

@@ -1,0 +1,33 @@
+"""Guard of the image pathway: a short language pretraining with the dense vision losses must leave
+image tokens that know the colour of the object they own (docs/learning.md)."""
+
+import torch
+
+from kivla.data.language import language_examples
+from kivla.data.world_scene import COLOR_NAMES, NUM_LABELS
+from kivla.model.bundle import PolicyBundle
+from kivla.model.vision import object_token_labels
+from kivla.train.run import MixtureConfig, PretrainConfig, pretrain_backbone
+
+
+def test_short_pretraining_teaches_image_tokens_their_colour(tmp_path):
+    config = PretrainConfig(
+        out=tmp_path, steps=400, batch_size=16, lr=3e-3, size="test", image_size=32,
+        mixture=MixtureConfig(robot=0.0, caption=0.0, vqa=1.0, text=0.0),
+        backbone_overrides=dict(stem="conv", image_mean=(0.8, 0.76, 0.69), image_std=(0.25,) * 3),
+        policy_overrides=dict(vision_weight=1.0, vision_labels=NUM_LABELS, refer_layer=1),
+    )  # fmt: skip
+    bundle = PolicyBundle.load(pretrain_backbone(config, progress=False))
+    policy, c = bundle.policy.eval(), bundle.policy.config
+    examples = list(language_examples(99, 64, kinds=("vqa",), image_size=32))
+    batch = bundle.builder.collate([e.to_example() for e in examples])
+    with torch.no_grad():
+        out = policy.backbone(batch.images, batch.image_mask, batch.prefix_ids, batch.prefix_mask,
+                              image_hidden_layers=(0,))  # fmt: skip
+        pred = policy.vision_head(out.image_hidden[0])[..., 1:].argmax(-1) + 1
+    owners = object_token_labels(batch.image_labels, NUM_LABELS, c.backbone.patch_size)
+    objects = (owners > 0) & (owners < NUM_LABELS - 1)
+    colour = lambda label: (label - 1) // 3  # noqa: E731
+    accuracy = (colour(pred[objects]) == colour(owners[objects])).float().mean()
+    print(f"object colour accuracy {accuracy:.3f}")
+    assert accuracy > 3 / len(COLOR_NAMES), f"object colour accuracy {accuracy:.2f} (chance 0.17)"
