@@ -102,7 +102,7 @@ def smollm2_text_tokenizer(path: str | os.PathLike | None = None):
     from kivla.model.pretrained import smollm2_dir
     from kivla.model.text_pretrained import PretrainedTextTokenizer
 
-    return PretrainedTextTokenizer.from_file(Path(path or smollm2_dir()) / "tokenizer.json")
+    return PretrainedTextTokenizer.load(Path(path or smollm2_dir()) / "tokenizer.json")
 
 
 def smollm2_layout(vocab_size: int = SMOLLM2_VOCAB, action_vocab_size: int = 1024):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -23,8 +22,8 @@ SMOLLM2_SPECIALS = {PAD: "<|endoftext|>", UNK: "<|endoftext|>", BOS: "<|im_start
                     ANS: "<jupyter_output>", ACT: "<jupyter_code>"}  # fmt: skip
 
 
-class PretrainedTextTokenizer:
-    """`encode` / `decode` / `token_id` / `save` / `load` over a HF `tokenizer.json`."""
+class PretrainedTextTokenizer(TextTokenizer):
+    """kivla's `TextTokenizer` interface over a HF `tokenizer.json` with its own special tokens."""
 
     def __init__(self, tokenizer: Tokenizer, specials: dict[str, str] | None = None) -> None:
         self.tokenizer, self.specials = tokenizer, dict(specials or SMOLLM2_SPECIALS)
@@ -34,21 +33,8 @@ class PretrainedTextTokenizer:
                     f"PretrainedTextTokenizer: special {name} -> {token!r} is not in the vocabulary"
                 )
 
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.get_vocab_size()
-
     def token_id(self, token: str) -> int | None:
         return self.tokenizer.token_to_id(self.specials.get(token, token))
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
 
     def save(self, path: str | os.PathLike) -> None:
         """Atomic write of the tokenizer JSON, with the special-token map under "kivla_specials"."""
@@ -62,7 +48,7 @@ class PretrainedTextTokenizer:
         os.replace(tmp, path)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> PretrainedTextTokenizer:
+    def load(cls, path: str | os.PathLike) -> PretrainedTextTokenizer:
         data = json.loads(Path(path).read_text())
         specials = data.pop("kivla_specials", None)
         return cls(Tokenizer.from_str(json.dumps(data)), specials)
@@ -74,4 +60,4 @@ def load_text_tokenizer(path: str | os.PathLike) -> TextTokenizer | PretrainedTe
     if not path.is_file():
         raise FileNotFoundError(f"text tokenizer: no tokenizer file at {path}")
     kind = json.loads(path.read_text()).get("model", {}).get("type")
-    return TextTokenizer.load(path) if kind == "WordLevel" else PretrainedTextTokenizer.from_file(path)
+    return TextTokenizer.load(path) if kind == "WordLevel" else PretrainedTextTokenizer.load(path)
