@@ -17,7 +17,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # cosine decays to this fraction of lr
     grad_clip: float = 1.0
     ema_decay: float | None = 0.999  # None: no EMA weights
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 where the device has native bf16 matmuls, else fp32) | fp32 | bf16
     compile: bool = False  # torch.compile the model
     strategy: str = "ddp"  # ddp | fsdp under torchrun
     log_every: int = 10

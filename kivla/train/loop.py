@@ -41,6 +41,14 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)  # logged records
 
 
+def native_bf16(device_type: str) -> bool:
+    """Whether bf16 autocast speeds this device up: CUDA, or a CPU with native bf16 matmuls
+    (AVX512-BF16 / AMX; measured 1.7x faster training steps on 2 such cores, docs/learning.md)."""
+    if device_type == "cuda":
+        return True
+    return device_type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     """The seed of one rank at one step: independent streams, no state to save."""
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
@@ -110,7 +118,7 @@ class Trainer:
         self.scheduler = warmup_cosine(self.optimizer, config.warmup_steps, config.steps, config.min_lr_ratio)
         self.forward = torch.compile(self.wrapped) if config.compile else self.wrapped
         dev = self.ctx.device.type
-        bf16 = config.precision == "bf16" or (config.precision == "auto" and dev == "cuda")
+        bf16 = config.precision == "bf16" or (config.precision == "auto" and native_bf16(dev))
         self.autocast = lambda: torch.autocast(device_type=dev, dtype=torch.bfloat16, enabled=bf16)
         self.step = 0
         self.skipped = 0
