@@ -15,29 +15,21 @@ from kivla.data.world_env import ACTION_DIM, STATE_DIM
 from kivla.eval.baselines import BundlePolicy, OraclePolicy
 from kivla.eval.language import score_examples
 from kivla.eval.rollout import EvalConfig, evaluate
-from kivla.model.batch import STATE_BINS, BatchBuilder, VocabLayout
+from kivla.model.batch import BatchBuilder
 from kivla.model.bundle import PolicyBundle
-from kivla.model.policy import KIPolicy
 
 IMAGE, HORIZON = 64, 50
 
 
 def tiny_bundle() -> PolicyBundle:
-    """The default tiny architecture (kivla.train.run.policy_config) with random weights."""
-    from kivla.model.config import recipe_config
-    from kivla.train.run import (
-        ACTION_VOCAB_RESERVED,
-        MAX_PROMPT_LEN,
-        MAX_SUFFIX_LEN,
-        fit_text_tokenizer,
-        policy_config,
-    )
+    """The default tiny architecture (`kivla.model.presets.SIZES["tiny"]`) with random weights."""
+    from kivla.model.assemble import assemble_bundle, policy_config
+    from kivla.train.fitting import MAX_PROMPT_LEN, MAX_SUFFIX_LEN, fit_text_tokenizer, vocab_layout
 
     text = fit_text_tokenizer()
-    layout = VocabLayout(text.vocab_size, STATE_BINS, ACTION_VOCAB_RESERVED)
-    arch = policy_config("tiny", IMAGE, layout.vocab_size, HORIZON, ACTION_DIM, STATE_DIM)
-    torch.manual_seed(0)
-    policy = KIPolicy(recipe_config("ki", arch, discrete_target="none"))
+    layout = vocab_layout(text)
+    config = policy_config("tiny", "ki", image_size=IMAGE, vocab_size=layout.vocab_size, horizon=HORIZON,
+                           action_dim=ACTION_DIM, state_dim=STATE_DIM, discrete_target="none")  # fmt: skip
     builder = BatchBuilder(
         text,
         None,
@@ -53,7 +45,7 @@ def tiny_bundle() -> PolicyBundle:
         "action": (np.zeros(ACTION_DIM), np.ones(ACTION_DIM)),
         "observation.state": (np.zeros(STATE_DIM), np.ones(STATE_DIM)),
     }
-    return PolicyBundle(policy, builder, QuantileNormalizer(bounds), "ki")
+    return assemble_bundle(config, builder, QuantileNormalizer(bounds), "ki", seed=0)
 
 
 def closed_loop(policy, episodes: int, num_envs: int, max_steps: int) -> dict[str, float]:

@@ -16,8 +16,8 @@ import time
 import torch
 
 from benchmarks.report import write_section
-from kivla.model.config import recipe_config
 from kivla.model.policy import KIPolicy
+from kivla.model.presets import recipe_config
 from kivla.model.synthetic import synthetic_batch
 
 BATCH = 32

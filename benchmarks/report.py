@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import platform
 import re
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+
+from kivla.io import write_text
 
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 HEADER = (
@@ -36,8 +37,4 @@ def write_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     text = (
         pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".benchmarks.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text(path, text)

@@ -20,7 +20,8 @@ import torch
 from kivla.eval.language import LanguageConfig, heldout_examples, score_examples, summarize
 from kivla.model.bundle import PolicyBundle
 from kivla.train.checkpoint import list_checkpoints
-from kivla.train.run import MixtureConfig, PretrainConfig, pretrain_backbone
+from kivla.train.mixture import MixtureConfig
+from kivla.train.run import PretrainConfig, pretrain_backbone
 
 
 @torch.no_grad()

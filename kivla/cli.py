@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
 # Order is the order of `kivla --help`.
@@ -19,6 +18,7 @@ COMMAND_MODULES = (
     "kivla.model.cli",
     "kivla.train.cli",
     "kivla.eval.cli",
+    "kivla.pipelines.cli",
     "kivla.serve.cli",
 )
 
@@ -30,8 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="<command>")
     for name in COMMAND_MODULES:
-        if importlib.util.find_spec(name) is None:
-            continue
         importlib.import_module(name).register(subparsers)
     return parser
 

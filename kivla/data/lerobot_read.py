@@ -156,16 +156,17 @@ class LeRobotDataset(torch.utils.data.Dataset):
         i = self._ep_row[episode]
         return int(self._ep_start[i]), int(self._ep_end[i])
 
-    def action_chunk(self, row: int) -> tuple[np.ndarray, np.ndarray]:
-        """(actions [H, D] float32, action_is_pad [H]) of a frame, normalized when the dataset has a
-        normalizer; no image is decoded (tokenizer fitting reads only these)."""
+    def action_chunk(self, row: int, normalizer=None) -> tuple[np.ndarray, np.ndarray]:
+        """(actions [H, D] float32, action_is_pad [H]) of a frame, normalized by `normalizer` or the
+        dataset's; no image is decoded (tokenizer fitting reads only these)."""
         if not 0 <= row < len(self):
             raise IndexError(f"index {row} out of range for {len(self)} frames")
         _start, end = self.episode_rows(int(self.episode_index[row]))
         steps = np.minimum(np.arange(row, row + self.horizon), end - 1)
         actions = self.actions[steps]  # [H, D]: past the end, the last action repeats
-        if self.normalizer is not None:
-            actions = self.normalizer.normalize(self.action_key, actions)
+        normalizer = normalizer if normalizer is not None else self.normalizer
+        if normalizer is not None:
+            actions = normalizer.normalize(self.action_key, actions)
         return actions.astype(np.float32), np.arange(row, row + self.horizon) >= end
 
     def __getitem__(self, row: int) -> dict:

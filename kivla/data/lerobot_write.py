@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -288,22 +285,8 @@ def write_tasks(path: Path, tasks: list[str]) -> None:
     pq.write_table(table.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()}), path)
 
 
-def atomic_dataset_dir(out_dir: Path, overwrite: bool) -> Path:
-    """A fresh temporary folder beside `out_dir` (checked to be writable and not in the way)."""
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to replace a non-empty `out_dir` unless `overwrite` (the write itself is atomic)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ValueError(f"out: {out_dir} exists and is not empty (pass overwrite=True / --overwrite)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
-
-
-def publish(tmp: Path, out_dir: Path) -> None:
-    """Move the finished dataset into place (replacing an old one only now that it is complete)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)

@@ -7,12 +7,12 @@ to float error. A dimension with q99 == q01 (constant in the data) maps to x - q
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+
+from kivla.io import write_json
 
 EPS = 1e-8
 
@@ -77,12 +77,7 @@ class QuantileNormalizer:
 
     def save(self, path: str | Path) -> None:
         """Write JSON atomically (temp file beside it + os.replace)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
-        os.replace(tmp, path)
+        write_json(path, self.to_dict(), sort_keys=False)
 
     @classmethod
     def load(cls, path: str | Path) -> QuantileNormalizer:

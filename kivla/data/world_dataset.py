@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from kivla.data.lerobot_write import LeRobotWriter, atomic_dataset_dir, publish
+from kivla.data.lerobot_write import LeRobotWriter, check_out_dir
 from kivla.data.world_env import ACTION_NAMES, FPS, STATE_NAMES, TabletopEnv, WorldConfig
 from kivla.data.world_expert import rollout_expert
 from kivla.data.world_tasks import FAMILIES
+from kivla.io import atomic_directory
 
 MAX_ATTEMPTS = 20  # re-seeds allowed per episode when the expert fails (it rarely does)
 
@@ -42,35 +42,30 @@ def generate_dataset(
         raise ValueError(f"episodes: expected >= 1, got {episodes}")
     out_dir = Path(out_dir)
     env = TabletopEnv(WorldConfig(image_size=image_size, split=split, families=families))
-    tmp = atomic_dataset_dir(out_dir, overwrite)
-    try:
+    check_out_dir(out_dir, overwrite)
+    # An interruption (KeyboardInterrupt included) leaves nothing half-written behind.
+    with atomic_directory(out_dir) as tmp:
         writer = LeRobotWriter(
             tmp, FPS, image_size, ACTION_NAMES, STATE_NAMES, video, frames_per_file, video_codec=video_codec
         )
-    except ValueError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    try:
-        bar = _progress(episodes, progress)
-        for index in range(episodes):
-            for attempt in range(MAX_ATTEMPTS):
-                episode = rollout_expert(env, episode_seed(seed, index, attempt))
-                if episode["success"]:
-                    break
-            else:
-                raise RuntimeError(f"expert failed {MAX_ATTEMPTS} times on episode {index}")
-            writer.add_episode(
-                episode["images"], episode["states"], episode["actions"], episode["task"].instruction
-            )
-            bar.update(1)
-        bar.close()
-        writer.finish()
-    except BaseException:
-        # Includes KeyboardInterrupt: nothing half-written stays behind.
-        writer.abort()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    publish(tmp, out_dir)
+        try:
+            bar = _progress(episodes, progress)
+            for index in range(episodes):
+                for attempt in range(MAX_ATTEMPTS):
+                    episode = rollout_expert(env, episode_seed(seed, index, attempt))
+                    if episode["success"]:
+                        break
+                else:
+                    raise RuntimeError(f"expert failed {MAX_ATTEMPTS} times on episode {index}")
+                writer.add_episode(
+                    episode["images"], episode["states"], episode["actions"], episode["task"].instruction
+                )
+                bar.update(1)
+            bar.close()
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
     return out_dir
 
 

@@ -1,4 +1,4 @@
-"""`kivla eval` (closed loop + language + flow validation of one policy) and `kivla study ki|targets`."""
+"""`kivla eval`: closed loop + language + flow validation of one policy."""
 
 from __future__ import annotations
 
@@ -45,35 +45,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--json", action="store_true", help="print the results as one JSON object")
     ev.set_defaults(func=run_eval)
 
-    st = subparsers.add_parser(
-        "study",
-        help="the knowledge-insulation study (ki), the discrete-target study (targets), or the real-LM "
-        "language study (language: SmolLM2, `make install-real`)",
-        description="Trains every variant with N seeds at one budget (naive, stopgrad, joint_fast, ki, "
-        "frozen, ki without language co-training; or ki with each discrete target), evaluates every "
-        "checkpoint and writes <report>/<study>_study.md with PNG plots and verdicts computed from the "
-        "numbers. "
-        "Finished runs are cached under --work: rerunning resumes.",
-    )
-    st.add_argument("study", choices=("ki", "targets", "language"))
-    st.add_argument("--quick", action="store_true", help="the small budget (about 30 minutes on 2 CPU cores)")
-    st.add_argument("--budget", choices=("test", "quick", "full"), help="overrides --quick")
-    st.add_argument("--seeds", type=int, default=3)
-    st.add_argument("--variants", nargs="+", help="a subset of the study's variants")
-    st.add_argument("--work", type=Path, default=Path("runs/study"), help="datasets, runs and caches")
-    st.add_argument("--report", type=Path, default=Path("docs/results"), help="where the report goes")
-    st.add_argument("--steps", type=int, help="override the budget's training steps")
-    st.set_defaults(func=run_study_command)
-
-
-def resolve_policy_dir(path: Path) -> Path:
-    """A bundle / checkpoint directory as is; a training run directory -> its latest checkpoint."""
-    if not (path / "policy.json").is_file() and (path / "checkpoints").is_dir():
-        from kivla.train.checkpoint import latest_checkpoint
-
-        return latest_checkpoint(path / "checkpoints") or path
-    return path
-
 
 def run_eval(args: argparse.Namespace) -> int:
     import json
@@ -101,6 +72,7 @@ def run_eval(args: argparse.Namespace) -> int:
         policy, name, image_size = RandomPolicy(seed=args.seed), "random", 64
     else:
         from kivla.model.bundle import PolicyBundle
+        from kivla.train.checkpoint import resolve_policy_dir
 
         path = resolve_policy_dir(args.policy)
         bundle = PolicyBundle.load(path)
@@ -141,44 +113,13 @@ def run_eval(args: argparse.Namespace) -> int:
             f"## Flow validation\n\nMSE (normalized units) {report['flow_validation']['mse']:.4g} "
             f"over {report['flow_validation']['frames']} frames of {args.data}\n"
         )
-    from kivla.eval.rollout import _write_text
-    from kivla.train.atomic import write_json
+    from kivla.io import write_json, write_text
 
     write_json(out / "report.json", report)
-    _write_text(out / "report.md", "\n".join(sections))
+    write_text(out / "report.md", "\n".join(sections))
     if args.json:
         print(json.dumps(report))
     else:
         print("\n".join(sections))
         print(f"written: {out}/report.json, report.md, eval.json" + (", videos/" if result.videos else ""))
-    return 0
-
-
-def run_study_command(args: argparse.Namespace) -> int:
-    from kivla.eval.study import StudyConfig, run_study
-
-    if args.study == "language":  # the real SmolLM2 backbone (kivla.eval.language_study)
-        from kivla.eval.language_study import LanguageStudyConfig, run_language_study
-
-        steps = {"steps": args.steps} if args.steps is not None else {}
-        variants = {"recipes": tuple(args.variants)} if args.variants else {}
-        print(
-            run_language_study(LanguageStudyConfig(work=args.work, report=args.report, **steps, **variants))
-        )
-        return 0
-
-    budget = args.budget or ("quick" if args.quick else "full")
-    overrides = {"steps": args.steps} if args.steps is not None else {}
-    if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps: expected >= 1, got {args.steps}")
-    config = StudyConfig(
-        study=args.study,
-        budget=budget,
-        seeds=args.seeds,
-        work=args.work,
-        report=args.report,
-        variants=tuple(args.variants or ()),
-        overrides=overrides,
-    )
-    print(run_study(config))
     return 0

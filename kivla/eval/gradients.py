@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from kivla.model.batch import BatchBuilder, KIBatch
+from kivla.model.batch import BatchBuilder
+from kivla.model.kibatch import KIBatch
 
 
 @dataclass

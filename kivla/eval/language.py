@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -165,3 +166,18 @@ def markdown(report: dict[str, Any]) -> str:
     row("caption perplexity", p["caption_perplexity"], r and r["caption_perplexity"],
         ret and ret["caption_perplexity"], ".3g")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def pretrain_summary(checkpoint: Path, num_vqa: int = 300) -> str:
+    """One paragraph: the pretrained backbone's VQA accuracy and caption perplexity on held-out scenes."""
+    from kivla.model.bundle import PolicyBundle
+
+    metrics = language_metrics(
+        PolicyBundle.load(checkpoint), LanguageConfig(num_vqa=num_vqa, num_caption=num_vqa // 3, num_text=0)
+    )
+    per_type = ", ".join(f"{q} {v:.0%}" for q, v in sorted(metrics["vqa_per_type"].items()))
+    return (
+        f"checkpoint: {checkpoint}\n"
+        f"held-out VQA accuracy {metrics['vqa_accuracy']:.1%} ({per_type}); "
+        f"caption perplexity {metrics['caption_perplexity']:.2f}"
+    )

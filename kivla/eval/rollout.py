@@ -21,7 +21,6 @@ An episode in which nothing is engaged is not followed.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -31,6 +30,7 @@ import numpy as np
 from kivla.data.world_env import ACTION_DIM, VectorEnv, WorldConfig
 from kivla.data.world_scene import OBJECT_RADIUS
 from kivla.data.world_tasks import DIRECTIONS, FAMILIES, REACH_MAX_HEIGHT, SPLITS
+from kivla.io import atomic_file, write_json, write_text
 
 FOLLOW_PUSH_MIN = 0.05  # table units the target must move along the named direction
 ENGAGE_MOVE = 0.02  # displacement from its start that makes an object engaged
@@ -121,12 +121,10 @@ class EvalResult:
 
     def save(self, out_dir: str | Path) -> Path:
         """`eval.json` and `eval.md` in out_dir (atomic writes)."""
-        from kivla.train.atomic import write_json
-
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "eval.json", self.to_dict())
-        _write_text(out_dir / "eval.md", self.markdown())
+        write_text(out_dir / "eval.md", self.markdown())
         return out_dir / "eval.json"
 
 
@@ -145,16 +143,6 @@ def _row(split: str, family: str, r: dict[str, Any]) -> str:
         f"| {split} | {family} | {r['episodes']} | {r['success_rate']:.1%} | {r['follow_rate']:.1%} "
         f"| {r['mean_length']:.1f} |"
     )
-
-
-def _write_text(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def episode_seed(seed: int, split: str, family: str, index: int) -> int:
@@ -279,8 +267,6 @@ def evaluate(
 
 def save_gif(frames: list[np.ndarray], path: str | Path, scale: int = 4, fps: int = 10) -> Path:
     """uint8 [S,S,3] frames -> an animated GIF (nearest-neighbour upscaled), written atomically."""
-    import os
-
     from PIL import Image
 
     if not frames:
@@ -293,12 +279,8 @@ def save_gif(frames: list[np.ndarray], path: str | Path, scale: int = 4, fps: in
         )
         for f in frames
     ]
-    tmp = path.with_name(f".{path.name}.tmp")
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=1000 // fps, loop=0)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        images[0].save(
+            tmp, format="GIF", save_all=True, append_images=images[1:], duration=1000 // fps, loop=0
+        )
     return path
-
-
-def load_result(path: str | Path) -> dict[str, Any]:
-    """Read an `eval.json` written by `EvalResult.save`."""
-    return json.loads(Path(path).read_text())

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kivla.model.bundle import ACTION_KEY
+from kivla.data.lerobot_format import ACTION_KEY
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from kivla.model.batch import KIBatch
+from kivla.model.kibatch import KIBatch
 from kivla.model.policy import KIPolicy
 
 GROUPS = ("backbone", "embeddings", "expert")

@@ -5,8 +5,8 @@ import torch
 
 from kivla.cli import main
 from kivla.model.audit import GROUPS, gradient_audit
-from kivla.model.config import recipe_config, tiny_test_config
 from kivla.model.policy import KIPolicy
+from kivla.model.presets import recipe_config, tiny_test_config
 from kivla.model.synthetic import synthetic_batch
 
 

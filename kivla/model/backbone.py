@@ -192,18 +192,3 @@ class TinyVLM(Backbone):
         embeddings = [self.token_embed.weight]
         body = [p for n, p in self.named_parameters() if not n.startswith("token_embed")]
         return {"backbone": body, "embeddings": embeddings}
-
-
-def build_backbone(config: BackboneConfig) -> Backbone:
-    """The backbone named by `config.kind`."""
-    if config.kind == "tiny":
-        return TinyVLM(config)
-    if config.kind in ("paligemma", "idefics3", "causal_lm"):
-        from kivla.model.hf import load_hf_backbone  # transformers is an optional dependency
-
-        return load_hf_backbone(config.kind, config.path, config.vision_path)
-    if config.kind == "smollm2":
-        from kivla.model.smollm2 import load_smollm2_backbone  # needs the `real` extra
-
-        return load_smollm2_backbone(config)
-    raise ValueError(f"BackboneConfig.kind: unknown backbone {config.kind!r}")

@@ -1,9 +1,9 @@
 import torch
 
 from kivla.model.backbone import TinyVLM
-from kivla.model.config import tiny_test_config
 from kivla.model.layers import additive_mask, rope_tables
 from kivla.model.masks import backbone_attention_mask, following_positions, prefix_positions
+from kivla.model.presets import tiny_test_config
 
 
 def test_last_layer_shortcut_equals_the_full_computation():

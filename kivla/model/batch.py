@@ -3,112 +3,31 @@
 Sequence layout (pi0.5): prefix = [image tokens] <bos> prompt words [state bins], bidirectional;
 suffix = <ans> answer <eos> (LM examples) and/or <act> FAST ids <eos> (robot examples), causal.
 The suffix tags mark the tokens that are *targets*; the token before each one predicts it.
-Vocabulary of the backbone: [text | 256 state bins | action tokens], action ids at the very end
-(as PaliGemma maps FAST onto its last tokens).
+The batch itself is `kivla.model.kibatch.KIBatch`; the vocabulary layout `kivla.model.vocab`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from kivla.data.example import Example
-from kivla.model.config import STATE_INPUTS, KIPolicyConfig
+from kivla.model.config import STATE_INPUTS
+from kivla.model.kibatch import KIBatch
 from kivla.model.text import ACT, ANS, BOS, EOS, PAD
+from kivla.model.vocab import (
+    STATE_BINS,
+    ActionTokenizerLike,
+    TextTokenizerLike,
+    VocabLayout,
+    discretize_state,
+)
 
 log = logging.getLogger(__name__)
-STATE_BINS = 256
-
-
-class ActionTokenizerLike(Protocol):
-    vocab_size: int
-
-    def encode(self, chunks: np.ndarray) -> list[np.ndarray]: ...
-
-
-class TextTokenizerLike(Protocol):
-    vocab_size: int
-
-    def encode(self, text: str) -> list[int]: ...
-    def token_id(self, token: str) -> int: ...
-
-
-@dataclass(frozen=True)
-class VocabLayout:
-    """Where each id range lives in the backbone vocabulary; action ids are the last ones."""
-
-    text_vocab_size: int
-    state_bins: int = STATE_BINS  # 0 when the state does not enter as prompt tokens
-    action_vocab_size: int = 0  # 0 when there is no discrete action target
-    total: int | None = None  # a pretrained vocabulary's size (HF backbones); default: the sum
-
-    def __post_init__(self) -> None:
-        needed = self.text_vocab_size + self.state_bins + self.action_vocab_size
-        if self.total is not None and self.total < needed:
-            raise ValueError(f"VocabLayout.total: expected >= {needed}, got {self.total}")
-
-    @property
-    def vocab_size(self) -> int:
-        return self.total or self.text_vocab_size + self.state_bins + self.action_vocab_size
-
-    @property
-    def action_offset(self) -> int:
-        return self.vocab_size - self.action_vocab_size
-
-    @property
-    def state_offset(self) -> int:
-        return self.action_offset - self.state_bins
-
-
-@dataclass
-class KIBatch:
-    """One batch; targets are None in an observation batch (sampling)."""
-
-    images: Tensor  # float32 [B, 3, S, S] in [0, 1]
-    image_mask: Tensor  # bool [B]
-    prefix_ids: Tensor  # long [B, Lp]
-    prefix_mask: Tensor  # bool [B, Lp]
-    suffix_ids: Tensor  # long [B, Ls] (Ls may be 0)
-    suffix_mask: Tensor  # bool [B, Ls]
-    state: Tensor  # float32 [B, S_dim] (zeros when absent)
-    suffix_loss: dict[str, Tensor] = field(default_factory=dict)  # "fast", "lm": bool [B, Ls] targets
-    actions: Tensor | None = None  # float32 [B, H, D], normalized
-    action_is_pad: Tensor | None = None  # bool [B, H]
-    loss_mask: dict[str, Tensor] = field(default_factory=dict)  # "flow", "fast", "lm", "vision": bool [B]
-    image_labels: Tensor | None = None  # uint8 [B, S, S] dense labels (0 where loss_mask["vision"] is off)
-    image_refs: Tensor | None = None  # bool [B, 2, 256]: label classes the prompt refers to (first, second)
-    # Per-example flow noise and time (k draws each); drawn inside `KIPolicy.forward` when None.
-    # A data pipeline that sets them makes the loss independent of how the batch is split.
-    flow_noise: Tensor | None = None  # float32 [B, k, H, D]
-    flow_time: Tensor | None = None  # float32 [B, k]
-    # Examples carrying each loss per shard of the global batch (see KIPolicy._batch_mean).
-    loss_denominator: dict[str, float] | None = None
-
-    @property
-    def batch_size(self) -> int:
-        return self.images.shape[0]
-
-    def to(self, device: torch.device | str) -> KIBatch:
-        def move(value: Any) -> Any:
-            if isinstance(value, Tensor):
-                return value.to(device)
-            if isinstance(value, dict):
-                return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in value.items()}
-            return value
-
-        return KIBatch(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
-
-
-def discretize_state(state: np.ndarray, bins: int = STATE_BINS) -> np.ndarray:
-    """Normalized state [..., S] in [-1, 1] -> bin ids [..., S] in [0, bins)."""
-    return np.clip(np.floor((np.asarray(state) + 1.0) * 0.5 * bins), 0, bins - 1).astype(np.int64)
 
 
 def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
@@ -166,17 +85,6 @@ class BatchBuilder:
     @property
     def vocab_size(self) -> int:
         return self.layout.vocab_size
-
-    def configure(self, config: KIPolicyConfig) -> KIPolicyConfig:
-        """`config` with the shapes this builder produces: vocabulary size, image size, horizon,
-        action and state dims, state input (the recipe fields are left as they are)."""
-        backbone = dataclasses.replace(
-            config.backbone, vocab_size=self.vocab_size, image_size=self.image_size
-        )
-        expert = dataclasses.replace(
-            config.expert, horizon=self.horizon, action_dim=self.action_dim, state_dim=self.state_dim
-        )
-        return dataclasses.replace(config, backbone=backbone, expert=expert, state_input=self.state_input)
 
     # -- pieces ---------------------------------------------------------------------------------
     def _images(self, images: Sequence[np.ndarray | None]) -> tuple[Tensor, Tensor]:

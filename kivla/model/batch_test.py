@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from kivla.data.example import Example
-from kivla.model.batch import VocabLayout, discretize_state
 from kivla.model.conftest import robot_example, vqa_example
 from kivla.model.text import ACT, ANS, BOS, EOS
+from kivla.model.vocab import VocabLayout, discretize_state
 
 
 def test_collate_layout_tags_and_masks(builder):
@@ -38,11 +38,13 @@ def test_collate_layout_tags_and_masks(builder):
     assert batch.action_is_pad[1].all() and batch.action_is_pad[0].tolist() == [False, False, False, True]
 
 
-def test_configure_gives_a_policy_config_with_the_builder_shapes(builder):
-    from kivla.model.config import recipe_config
+def test_assembly_gives_a_policy_config_with_the_builder_shapes(builder):
+    from kivla.model.assemble import policy_config
     from kivla.model.policy import KIPolicy
 
-    config = builder.configure(recipe_config("ki", flow_weight=10.0))
+    shapes = dict(image_size=builder.image_size, vocab_size=builder.vocab_size, horizon=builder.horizon,
+                  action_dim=builder.action_dim, state_dim=builder.state_dim)  # fmt: skip
+    config = policy_config("tiny", "ki", **shapes, flow_weight=10.0)
     assert config.backbone.vocab_size == builder.vocab_size and config.backbone.image_size == 16
     assert (config.expert.horizon, config.expert.action_dim, config.expert.state_dim) == (4, 3, 2)
     assert config.flow_weight == 10.0 and config.backbone.width == 256  # recipe and widths untouched

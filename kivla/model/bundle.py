@@ -20,14 +20,16 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from kivla.data.lerobot_format import ACTION_KEY, STATE_KEY
 from kivla.data.normalize import QuantileNormalizer
-from kivla.model.batch import BatchBuilder, VocabLayout
+from kivla.io import atomic_directory, write_json
+from kivla.model.batch import BatchBuilder
 from kivla.model.config import KIPolicyConfig
 from kivla.model.policy import KIPolicy
 from kivla.model.text_pretrained import load_text_tokenizer
+from kivla.model.vocab import VocabLayout
 
 FORMAT = "kivla-policy/1"
-ACTION_KEY, STATE_KEY = "action", "observation.state"
 
 
 class PolicyBundle:
@@ -107,8 +109,6 @@ class PolicyBundle:
 
     def write_files(self, directory: str | Path, weights: bool = True) -> None:
         """Everything but optimizer state into `directory` (used inside atomic checkpoint writes)."""
-        from kivla.train.atomic import write_json
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         write_json(directory / "policy.json", self.metadata())
@@ -124,8 +124,6 @@ class PolicyBundle:
 
     def save(self, directory: str | Path) -> Path:
         """Write the bundle atomically."""
-        from kivla.train.atomic import atomic_directory
-
         with atomic_directory(directory) as tmp:
             self.write_files(tmp)
         return Path(directory)

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from kivla.model.config import RECIPES  # light: dataclasses only
+    from kivla.model.presets import RECIPES  # light: dataclasses only
 
     audit = subparsers.add_parser(
         "audit",
@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--checkpoint under the routing of --recipe) and prints, for each loss, the gradient norm on "
         "the backbone body, the embeddings / LM head and the expert.",
     )
-    audit.add_argument("--recipe", required=True, choices=sorted(RECIPES))
+    audit.add_argument("--recipe", required=True, choices=sorted(r.name for r in RECIPES if r.trains_actions))
     audit.add_argument("--json", action="store_true", help="print one JSON object")
     audit.add_argument(
         "--size",
@@ -39,8 +39,8 @@ def run_audit(args: argparse.Namespace) -> int:
 
     from kivla.model.audit import GROUPS, gradient_audit
     from kivla.model.bundle import PolicyBundle
-    from kivla.model.config import recipe_config, tiny_test_config
     from kivla.model.policy import KIPolicy
+    from kivla.model.presets import recipe_config, tiny_test_config
     from kivla.model.synthetic import synthetic_batch
 
     if args.batch_size < 1:

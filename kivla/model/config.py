@@ -1,7 +1,10 @@
-"""Configs of the policy (backbone, action expert, recipe) and the named recipe presets.
+"""Configs of the policy: backbone, action expert and recipe fields, frozen and validated.
 
-The recipe is configuration, not code paths: `insulate`, the three loss weights, `discrete_target`
-and `freeze_backbone` are plain fields, and `RECIPES` names the presets compared in the KI paper.
+The recipe is configuration, not code paths: `insulate`, the loss weights, `discrete_target` and
+`freeze_backbone` are plain fields; the named recipes and sizes are in `kivla.model.presets`.
+On names: `fast_weight`, and the "fast" loss, loss-mask and suffix-tag keys, keep the KI paper's
+name L_FAST for the cross-entropy on the *discrete action target*, whichever tokenizer produces it
+(`discrete_target`: FAST, binning, wavelet or VQ).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ class BackboneConfig:
     """The built-in tiny VLM: patch embedding + decoder transformer (RMSNorm, RoPE, SwiGLU, GQA)."""
 
     kind: str = "tiny"
-    vocab_size: int = 2048  # text + state bins + action tokens (see batch.VocabLayout)
+    vocab_size: int = 2048  # text + state bins + action tokens (see vocab.VocabLayout)
     width: int = 256
     depth: int = 4
     num_heads: int = 4
@@ -229,41 +232,3 @@ class KIPolicyConfig:
         if unknown:
             raise ValueError(f"KIPolicyConfig: unknown fields {sorted(unknown)}")
         return cls(backbone=backbone, expert=expert, **data)
-
-
-# The presets of the KI paper's comparison. Only recipe fields; the architecture is untouched.
-RECIPES: dict[str, dict[str, Any]] = {
-    # pi0-style: flow gradient flows into the backbone, no discrete target.
-    "naive": dict(insulate=False, discrete_target="none", fast_weight=0.0, flow_weight=1.0, lm_weight=1.0,
-                  freeze_backbone=False),
-    # stop-gradient alone: the backbone only learns from language data.
-    "stopgrad": dict(insulate=True, discrete_target="none", fast_weight=0.0, flow_weight=1.0, lm_weight=1.0,
-                     freeze_backbone=False),
-    # FAST co-training without insulation.
-    "joint_fast": dict(insulate=False, discrete_target="fast", fast_weight=1.0, flow_weight=1.0,
-                       lm_weight=1.0, freeze_backbone=False),
-    # Knowledge Insulation: stop-gradient + FAST cross-entropy into the backbone.
-    "ki": dict(insulate=True, discrete_target="fast", fast_weight=1.0, flow_weight=1.0, lm_weight=1.0,
-               freeze_backbone=False),
-    # Frozen VLM: only the expert trains.
-    "frozen": dict(insulate=True, discrete_target="none", fast_weight=0.0, flow_weight=1.0, lm_weight=0.0,
-                   freeze_backbone=True),
-}  # fmt: skip
-
-
-def recipe_config(name: str, base: KIPolicyConfig | None = None, **overrides: Any) -> KIPolicyConfig:
-    """The config of preset `name` on top of `base` (default architecture when None)."""
-    if name not in RECIPES:
-        raise ValueError(f"recipe: expected one of {sorted(RECIPES)}, got {name!r}")
-    return dataclasses.replace(base or KIPolicyConfig(), **{**RECIPES[name], **overrides})
-
-
-def tiny_test_config(**overrides: Any) -> KIPolicyConfig:
-    """A very small config for unit tests (a few thousand parameters, milliseconds a step)."""
-    backbone = BackboneConfig(
-        vocab_size=64, width=32, depth=2, num_heads=2, num_kv_heads=1, head_dim=16, mlp_hidden=64,
-        image_size=16, patch_size=8,
-    )  # fmt: skip
-    expert = ExpertConfig(width=24, num_heads=2, mlp_hidden=48, horizon=4, action_dim=3, state_dim=2,
-                          time_embedding_dim=16)  # fmt: skip
-    return dataclasses.replace(KIPolicyConfig(backbone=backbone, expert=expert), **overrides)

@@ -2,14 +2,8 @@ import dataclasses
 
 import pytest
 
-from kivla.model.config import (
-    RECIPES,
-    BackboneConfig,
-    ExpertConfig,
-    KIPolicyConfig,
-    recipe_config,
-    tiny_test_config,
-)
+from kivla.model.config import BackboneConfig, ExpertConfig, KIPolicyConfig
+from kivla.model.presets import RECIPES, recipe_config, tiny_test_config
 
 
 def test_recipes_set_the_routing_fields():
@@ -21,7 +15,9 @@ def test_recipes_set_the_routing_fields():
     assert not joint.insulate and joint.uses_discrete_loss
     frozen = recipe_config("frozen")
     assert frozen.freeze_backbone and frozen.lm_weight == 0.0
-    assert set(RECIPES) == {"naive", "stopgrad", "joint_fast", "ki", "frozen"}
+    robot = {r.name for r in RECIPES if r.trains_actions}
+    assert robot == {"naive", "stopgrad", "joint_fast", "ki", "frozen"}
+    assert "pretrain" in RECIPES and not recipe_config("pretrain").uses_discrete_loss
     # A recipe keeps the architecture of its base.
     base = tiny_test_config()
     assert recipe_config("naive", base).backbone == base.backbone

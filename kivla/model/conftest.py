@@ -7,7 +7,7 @@ import pytest
 
 from kivla.data.example import Example
 from kivla.model.batch import BatchBuilder
-from kivla.model.config import tiny_test_config
+from kivla.model.presets import tiny_test_config
 from kivla.model.text import TextTokenizer
 
 CORPUS = ["put the red circle on the blue square", "what color is the circle", "red blue green left right"]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kivla.model.batch import KIBatch
+from kivla.model.kibatch import KIBatch
 from kivla.model.policy import KIPolicy
 
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from kivla.model.config import recipe_config
 from kivla.model.conftest import robot_example, vqa_example
 from kivla.model.generate import answer_logprobs, greedy_answers
 from kivla.model.policy import KIPolicy
+from kivla.model.presets import recipe_config
 from kivla.model.text import ANS, EOS
 
 

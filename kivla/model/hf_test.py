@@ -7,10 +7,11 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from kivla.model.backbone import build_backbone  # noqa: E402
-from kivla.model.config import BackboneConfig, recipe_config, tiny_test_config  # noqa: E402
+from kivla.model.backbones import build_backbone  # noqa: E402
+from kivla.model.config import BackboneConfig  # noqa: E402
 from kivla.model.hf import causal_lm_backbone, idefics3_backbone, load_hf_backbone, paligemma_backbone  # noqa: E402
 from kivla.model.policy import KIPolicy  # noqa: E402
+from kivla.model.presets import recipe_config, tiny_test_config  # noqa: E402
 from kivla.model.synthetic import synthetic_batch  # noqa: E402
 
 VOCAB = 320

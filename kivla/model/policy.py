@@ -15,10 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kivla.model import flow
-from kivla.model.backbone import Backbone, BackboneOutput, PrefixCache, build_backbone
-from kivla.model.batch import KIBatch
+from kivla.model.backbone import Backbone, BackboneOutput, PrefixCache
+from kivla.model.backbones import build_backbone
 from kivla.model.config import KIPolicyConfig
 from kivla.model.expert import ActionExpert
+from kivla.model.kibatch import KIBatch
 from kivla.model.vision import object_token_labels, referred_token_labels, token_cross_entropy_per_example
 
 LOSS_NAMES = ("flow", "fast", "lm", "vision", "refer")

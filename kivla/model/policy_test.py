@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from kivla.model.config import recipe_config
 from kivla.model.conftest import robot_example, vqa_example
 from kivla.model.policy import KIPolicy
+from kivla.model.presets import recipe_config
 
 
 def make_policy(config, recipe: str = "ki", seed: int = 0, **overrides) -> KIPolicy:

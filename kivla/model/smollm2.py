@@ -107,7 +107,7 @@ def smollm2_text_tokenizer(path: str | os.PathLike | None = None):
 
 def smollm2_layout(vocab_size: int = SMOLLM2_VOCAB, action_vocab_size: int = 1024):
     """State bins and action ids on the last ids of the pretrained vocabulary (PaliGemma's way)."""
-    from kivla.model.batch import STATE_BINS, VocabLayout
+    from kivla.model.vocab import STATE_BINS, VocabLayout
 
     text = vocab_size - STATE_BINS - action_vocab_size
     return VocabLayout(text, STATE_BINS, action_vocab_size, total=vocab_size)

@@ -14,8 +14,8 @@ import torch
 from kivla.data.example import Example
 from kivla.data.language import language_examples
 from kivla.model.batch import BatchBuilder
-from kivla.model.config import recipe_config
 from kivla.model.policy import KIPolicy
+from kivla.model.presets import recipe_config
 from kivla.model.pretrained import real_weights_available
 from kivla.model.smollm2 import smollm2_layout, smollm2_policy_config, smollm2_text_tokenizer
 from kivla.model.text import ANS, BOS, EOS

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from kivla.model.batch import KIBatch
 from kivla.model.config import KIPolicyConfig
+from kivla.model.kibatch import KIBatch
 
 
 def synthetic_batch(

@@ -7,11 +7,12 @@ saved tokenizer and the vocabulary layout of the backbone agree on them.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+from kivla.io import write_text
 
 PAD, UNK, BOS, EOS, ACT, ANS = "<pad>", "<unk>", "<bos>", "<eos>", "<act>", "<ans>"
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS, ACT, ANS)  # ids 0..5 in this order
@@ -57,12 +58,7 @@ class TextTokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Atomic write of the tokenizer JSON."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tokenizer.")
-        with os.fdopen(fd, "w") as f:
-            f.write(self.tokenizer.to_str())
-        os.replace(tmp, path)
+        write_text(path, self.tokenizer.to_str())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TextTokenizer:

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 
 from kivla.data.example import Example
-from kivla.model.config import recipe_config
 from kivla.model.conftest import robot_example
 from kivla.model.policy import KIPolicy
+from kivla.model.presets import recipe_config
 from kivla.model.vision import object_token_labels, referred_token_labels
 
 NUM_LABELS = 5

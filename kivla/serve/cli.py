@@ -51,10 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import logging
 
-    from kivla.eval.cli import resolve_policy_dir
     from kivla.model.bundle import PolicyBundle
     from kivla.serve.observation import ObservationKeys
     from kivla.serve.server import PolicyServer, ServeConfig
+    from kivla.train.checkpoint import resolve_policy_dir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.threads is not None:

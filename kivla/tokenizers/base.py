@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
+from kivla.io import write_text
 
 CONFIG_FILE = "tokenizer.json"
 FORMAT_VERSION = 1
@@ -88,7 +89,7 @@ class ActionTokenizer(ABC):
             "action_dim": self.action_dim,
             "vocab_size": self.vocab_size,
         }
-        write_text_atomic(directory / CONFIG_FILE, json.dumps({**header, **self._state()}, indent=2))
+        write_text(directory / CONFIG_FILE, json.dumps({**header, **self._state()}, indent=2))
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> ActionTokenizer:
@@ -140,22 +141,6 @@ def read_config(directory: Path) -> dict[str, Any]:
     if state.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: format_version {state.get('format_version')!r}, expected {FORMAT_VERSION}")
     return state
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode())
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def check_chunks(chunks: Any, horizon: int | None = None, action_dim: int | None = None) -> np.ndarray:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, models, trainers
 
-from kivla.tokenizers.base import write_text_atomic
+from kivla.io import write_text
 
 # CJK Unified Ideographs: 20,992 consecutive letters, far from surrogates and whitespace.
 BASE_CODEPOINT = 0x4E00
@@ -88,7 +88,7 @@ class IntegerBPE:
         return symbols, counts
 
     def save(self, path: Path) -> None:
-        write_text_atomic(path, self.tokenizer.to_str())
+        write_text(path, self.tokenizer.to_str())
 
     @classmethod
     def load(cls, path: Path, low: int, high: int) -> IntegerBPE:

@@ -47,7 +47,7 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _chunks(args: argparse.Namespace, default_synthetic: int | None):
-    from kivla.tokenizers.data import load_chunks
+    from kivla.data.chunks import load_chunks
     from kivla.tokenizers.synthetic import smooth_chunks
 
     if args.data is not None:

@@ -5,8 +5,8 @@ import json
 import numpy as np
 
 from kivla.cli import main
+from kivla.data.chunks import save_chunks
 from kivla.tokenizers import load_tokenizer
-from kivla.tokenizers.data import load_chunks, save_chunks
 from kivla.tokenizers.synthetic import smooth_chunks
 
 
@@ -64,8 +64,3 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["tokenizer", "report", "--data", str(tmp_path / "empty")]) == 2
     assert "empty" in capsys.readouterr().err
-
-
-def test_load_chunks_subset(tmp_path):
-    save_chunks(tmp_path / "c.npz", smooth_chunks(50, seed=1))
-    assert load_chunks(tmp_path / "c.npz", max_chunks=10).shape == (10, 50, 7)

@@ -18,6 +18,7 @@ from einops import rearrange
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
+from kivla.io import write_bytes
 from kivla.tokenizers.base import (
     ActionTokenizer,
     DecodeResult,
@@ -26,7 +27,6 @@ from kivla.tokenizers.base import (
     pack_sequences,
     register,
     split_valid_ids,
-    write_bytes_atomic,
 )
 
 CODEBOOK_FILE = "codebook.safetensors"
@@ -147,7 +147,7 @@ class VQTokenizer(ActionTokenizer):
         return {"config": asdict(self.config), "codebook_file": CODEBOOK_FILE}
 
     def _save_files(self, directory: Path) -> None:
-        write_bytes_atomic(directory / CODEBOOK_FILE, save_safetensors({"codebook": self.codebook}))
+        write_bytes(directory / CODEBOOK_FILE, save_safetensors({"codebook": self.codebook}))
 
     @classmethod
     def _from_state(cls, state: dict[str, Any], directory: Path) -> VQTokenizer:

@@ -20,6 +20,7 @@ from kivla.model.config import KIPolicyConfig
 from kivla.model.policy import KIPolicy
 
 BACKBONES = ("tiny", "smollm2")  # "tiny": the built-in VLM; "smollm2": the real SmolLM2-135M
+VISIONS = ("efficientnet", "conv")  # smollm2's image tokens: EfficientNet-Lite0 or kivla's conv stem
 VISION_LOSS_FIELDS = ("vision_weight", "vision_labels", "vision_readout", "refer_weight", "refer_layer")
 
 
@@ -27,12 +28,13 @@ def real_arch(backbone: str, vision: str, image_size: int, horizon: int, action_
               state_dim: int) -> KIPolicyConfig:  # fmt: skip
     """The architecture of a real-backbone run (the recipe goes on top); the conv stem reads the
     world's images centred on the table colour, as the tiny VLM does."""
+    from kivla.model.presets import SIZES
     from kivla.model.smollm2 import smollm2_policy_config
-    from kivla.train.run import WORLD_IMAGE_INPUT
 
     if backbone != "smollm2":
         raise ValueError(f"backbone: expected one of {BACKBONES[1:]} for a real backbone, got {backbone!r}")
-    image = {k: WORLD_IMAGE_INPUT[k] for k in ("image_mean", "image_std")}
+    tiny = SIZES["tiny"]
+    image = {"image_mean": tiny.image_mean, "image_std": tiny.image_std}
     return smollm2_policy_config(image_size, horizon, action_dim, state_dim, vision=vision, **image)
 
 
@@ -57,6 +59,8 @@ def align_vision(config, progress: bool = True, resume: bool = False, ctx=None) 
     from kivla.data.mixture import MixtureSampler
     from kivla.data.world_env import ACTION_DIM, STATE_DIM
     from kivla.train import run
+    from kivla.train.fitting import MAX_PROMPT_LEN, MAX_SUFFIX_LEN
+    from kivla.train.mixture import MixtureBatches
 
     out = Path(config.out)
     text, layout = real_vocabulary(config.backbone)
@@ -69,13 +73,13 @@ def align_vision(config, progress: bool = True, resume: bool = False, ctx=None) 
     policy = KIPolicy(policy_cfg)
     freeze_language_model(policy)
     builder = BatchBuilder(text, None, image_size=config.image_size, horizon=50, action_dim=ACTION_DIM,
-                           state_dim=STATE_DIM, max_prompt_len=run.MAX_PROMPT_LEN,
-                           max_suffix_len=run.MAX_SUFFIX_LEN, layout=layout)  # fmt: skip
+                           state_dim=STATE_DIM, max_prompt_len=MAX_PROMPT_LEN,
+                           max_suffix_len=MAX_SUFFIX_LEN, layout=layout)  # fmt: skip
     bundle = PolicyBundle(policy, builder, None, recipe="align")
     sampler = MixtureSampler(None, config.mixture.weights(), config.seed, image_size=config.image_size,
                              exclude_question_types=config.mixture.exclude_question_types)  # fmt: skip
     record = {"pretrain": {**dataclasses.asdict(config), "out": str(out), "stage": "vision alignment"}}
-    batches = run.MixtureBatches(builder, sampler, config.seed)
-    train = run.pretrain_train_config(config)
+    batches = MixtureBatches(builder, sampler, config.seed)
+    train = config.train_config()
     outcome = run._run_trainer(bundle, batches, train, out, record, progress, resume, ctx)
     return outcome.checkpoints[-1]

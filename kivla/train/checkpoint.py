@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from kivla.train.atomic import atomic_directory, write_json
+from kivla.io import atomic_directory, write_json
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -169,3 +169,10 @@ def load_checkpoint(
     if scheduler is not None and trainer.get("scheduler") is not None:
         scheduler.load_state_dict({**trainer["scheduler"], "lr_lambdas": [None] * len(scheduler.lr_lambdas)})
     return trainer
+
+
+def resolve_policy_dir(path: Path) -> Path:
+    """A bundle / checkpoint directory as is; a training run directory -> its latest checkpoint."""
+    if not (path / "policy.json").is_file() and (path / "checkpoints").is_dir():
+        return latest_checkpoint(path / "checkpoints") or path
+    return path

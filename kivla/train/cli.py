@@ -1,4 +1,4 @@
-"""`kivla pretrain`, `kivla train` and `kivla demo`."""
+"""`kivla train`: co-train a recipe on a LeRobot dataset + language data."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _parse_mix(text: str) -> dict[str, float]:
     return out
 
 
-def _add_optim_args(p: argparse.ArgumentParser) -> None:
+def add_optim_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="optimizer steps of the whole run")
     p.add_argument("--batch-size", type=int, help="global batch size (all ranks, all accumulation steps)")
     p.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
@@ -34,7 +34,7 @@ def _add_optim_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_backbone_args(p: argparse.ArgumentParser) -> None:
+def add_backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backbone",
         choices=("tiny", "smollm2"),
@@ -48,23 +48,8 @@ def _add_backbone_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from kivla.model.config import DISCRETE_TARGETS, RECIPES
-
-    pre = subparsers.add_parser(
-        "pretrain",
-        help="language-pretrain the built-in VLM (or align a real LM's vision) on captions and VQA",
-        description="Trains the built-in backbone on captions, VQA and text from the built-in world so "
-        "that it has language priors to keep, reports VQA accuracy on held-out scenes and saves the "
-        "checkpoint robot training starts from (`kivla train --init`).",
-    )
-    pre.add_argument("--out", required=True, type=Path, help="run directory")
-    pre.add_argument("--size", choices=("tiny", "test"), default="tiny")
-    pre.add_argument("--image-size", type=int, default=64)
-    pre.add_argument("--resume", action="store_true")
-    pre.add_argument("--precision", choices=("auto", "fp32", "bf16"))
-    _add_backbone_args(pre)
-    _add_optim_args(pre)
-    pre.set_defaults(func=run_pretrain)
+    from kivla.model.config import DISCRETE_TARGETS
+    from kivla.model.presets import RECIPES, SIZES
 
     train = subparsers.add_parser(
         "train",
@@ -73,15 +58,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Checkpoints (safetensors + JSON) are complete policies: `kivla eval --policy <ckpt>`. "
         "Under `torchrun --nproc_per_node=N` it trains with DDP (or FSDP).",
     )
-    train.add_argument("--recipe", choices=sorted(RECIPES), default=None, help="default: ki")
+    robot_recipes = sorted(r.name for r in RECIPES if r.trains_actions)
+    train.add_argument("--recipe", choices=robot_recipes, default=None, help="default: ki")
     train.add_argument("--data", type=Path, help="LeRobot v3 dataset directory")
     train.add_argument("--out", required=True, type=Path, help="run directory")
     train.add_argument("--init", type=Path, help="pretrained checkpoint: its backbone and vocabulary")
     train.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its newest checkpoint"
     )
-    train.add_argument("--size", choices=("tiny", "test"))
-    _add_backbone_args(train)
+    train.add_argument("--size", choices=SIZES.names())
+    add_backbone_args(train)
     train.add_argument("--horizon", type=int, help="action chunk length H (default 50)")
     train.add_argument("--discrete-target", choices=DISCRETE_TARGETS, help="override the recipe's target")
     train.add_argument(
@@ -102,27 +88,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--keep-last", type=int)
     train.add_argument("--log-every", type=int)
     train.add_argument("--stop-at", type=int, help="leave after this step with a checkpoint (resume later)")
-    _add_optim_args(train)
+    add_optim_args(train)
     train.set_defaults(func=run_train)
 
-    demo = subparsers.add_parser(
-        "demo",
-        help="the main job end to end on the built-in world, with a report",
-        description="Generates world data, pretrains the VLM, fits FAST, trains the ki recipe, "
-        "evaluates it in closed loop against an untrained policy and its language against the "
-        "pretrained backbone, and writes <out>/report.md with plots.",
-    )
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
-    demo.add_argument("--quick", action="store_true", help="a much smaller run (minutes), for a smoke check")
-    demo.set_defaults(func=run_demo)
 
-
-TRAIN_FLAGS = {
-    "steps": "steps", "batch_size": "batch_size", "lr": "lr", "seed": "seed", "grad_accum": "grad_accum",
-    "warmup_steps": "warmup_steps", "grad_clip": "grad_clip", "precision": "precision", "compile": "compile",
-    "strategy": "strategy", "save_every": "save_every", "keep_last": "keep_last", "log_every": "log_every",
-    "stop_at": "stop_at",
-}  # fmt: skip
+# TrainConfig fields that have a flag of the same name (--ema-decay is handled apart: 0 turns EMA off).
+TRAIN_FLAGS = ("steps", "batch_size", "lr", "seed", "grad_accum", "warmup_steps", "grad_clip", "precision",
+               "compile", "strategy", "save_every", "keep_last", "log_every", "stop_at")  # fmt: skip
 
 
 def build_run_config(args: argparse.Namespace):
@@ -130,7 +102,8 @@ def build_run_config(args: argparse.Namespace):
     import dataclasses
 
     from kivla.train.config import TrainConfig
-    from kivla.train.run import MixtureConfig, RunConfig, load_run_config
+    from kivla.train.mixture import MixtureConfig
+    from kivla.train.run import RunConfig, load_run_config
 
     saved = args.out / "run.json"
     if args.resume and saved.is_file():
@@ -141,7 +114,7 @@ def build_run_config(args: argparse.Namespace):
         if args.data is None:
             raise ValueError("--data: a LeRobot dataset directory is required (see `kivla world generate`)")
         config = RunConfig(data=args.data, out=args.out)
-    train = {f: getattr(args, a) for a, f in TRAIN_FLAGS.items() if getattr(args, a, None) is not None}
+    train = {f: getattr(args, f) for f in TRAIN_FLAGS if getattr(args, f, None) is not None}
     if args.ema_decay is not None:
         train["ema_decay"] = args.ema_decay or None
     run = {}
@@ -179,35 +152,4 @@ def run_train(args: argparse.Namespace) -> int:
         step = int(last.get("step", 0))
         print(f"trained {config.recipe} to step {step} of {config.train.steps}: {losses}")
         print(f"checkpoint: {outcome.checkpoints[-1]}")
-    return 0
-
-
-def run_pretrain(args: argparse.Namespace) -> int:
-    from kivla.train.distributed import init_distributed, shutdown_distributed
-    from kivla.train.run import PretrainConfig, pretrain_backbone
-
-    values = {
-        k: getattr(args, k)
-        for k in ("steps", "batch_size", "lr", "seed", "backbone", "vision", "precision")
-        if getattr(args, k) is not None
-    }
-    config = PretrainConfig(out=args.out, size=args.size, image_size=args.image_size, **values)
-    ctx = init_distributed()
-    try:
-        progress = not args.no_progress and ctx.is_main
-        checkpoint = pretrain_backbone(config, progress=progress, resume=args.resume, ctx=ctx)
-    finally:
-        shutdown_distributed()
-    if ctx.is_main:
-        from kivla.train.report import pretrain_summary
-
-        print(pretrain_summary(checkpoint))
-    return 0
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    from kivla.train.demo import DEMO, QUICK, run_demo_pipeline
-
-    report = run_demo_pipeline(args.out, QUICK if args.quick else DEMO)
-    print(f"report: {report}")
     return 0

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     steps: int = 1000  # optimizer steps of the whole run (the LR schedule spans them)
     batch_size: int = 32  # global batch: all ranks and all accumulation micro-steps together

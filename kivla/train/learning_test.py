@@ -7,7 +7,8 @@ from kivla.data.language import language_examples
 from kivla.data.world_scene import COLOR_NAMES, NUM_LABELS
 from kivla.model.bundle import PolicyBundle
 from kivla.model.vision import object_token_labels
-from kivla.train.run import MixtureConfig, PretrainConfig, pretrain_backbone
+from kivla.train.mixture import MixtureConfig
+from kivla.train.run import PretrainConfig, pretrain_backbone
 
 
 def test_short_pretraining_teaches_image_tokens_their_colour(tmp_path):

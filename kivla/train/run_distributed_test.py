@@ -6,7 +6,8 @@ from kivla.data.world_dataset import generate_dataset
 from kivla.train.config import TrainConfig
 from kivla.train.distributed import init_distributed, shutdown_distributed
 from kivla.train.metrics import read_metrics
-from kivla.train.run import MixtureConfig, RunConfig, train_policy
+from kivla.train.mixture import MixtureConfig
+from kivla.train.run import RunConfig, train_policy
 from kivla.train.testing import run_ranks
 
 

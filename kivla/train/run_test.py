@@ -9,7 +9,7 @@ import torch
 from kivla.data.world_dataset import generate_dataset
 from kivla.data.world_env import VectorEnv, WorldConfig
 from kivla.model.bundle import PolicyBundle
-from kivla.model.config import RECIPES
+from kivla.model.presets import RECIPES
 from kivla.train.config import TrainConfig
 from kivla.train.run import PretrainConfig, RunConfig, build_policy, pretrain_backbone, train_policy
 
@@ -36,14 +36,14 @@ def run_config(dataset, out, **kw):
     return RunConfig(**{**base, **kw})
 
 
-@pytest.mark.parametrize("recipe", sorted(RECIPES))
+@pytest.mark.parametrize("recipe", sorted(r.name for r in RECIPES if r.trains_actions))
 def test_every_recipe_trains_and_acts(recipe, dataset, pretrained, tmp_path):
     out = train_policy(run_config(dataset, tmp_path / recipe, recipe=recipe, init=pretrained), progress=False)
     assert [c.name for c in out.checkpoints] == ["step_00000002", "step_00000004"]
     assert len(out.history) == 4 and all(np.isfinite(r["loss"]) for r in out.history)
     bundle = PolicyBundle.load(out.checkpoints[-1])
     assert bundle.recipe == recipe
-    assert (bundle.builder.action_tokenizer is not None) == (RECIPES[recipe]["fast_weight"] > 0)
+    assert (bundle.builder.action_tokenizer is not None) == (RECIPES[recipe].fast_weight > 0)
     env = VectorEnv(WorldConfig(image_size=IMAGE), 2)
     obs, _ = env.reset([0, 1])
     actions = bundle.act(obs)

@@ -1,6 +1,6 @@
 import math
 
-from kivla.eval.claims import claims_ki, compare, stats
+from kivla.pipelines.claims import claims_ki, compare, stats
 
 
 def checkpoint(step, success_id, success_ood=0.0, follow_ood=0.0, vqa_ret=1.0, flow=1.0):

@@ -3,7 +3,7 @@
 import numpy as np
 
 from kivla.data.mixture import MixtureSampler
-from kivla.eval.language_study import RealTextMixture, stdlib_docstrings
+from kivla.pipelines.language_study import RealTextMixture, stdlib_docstrings
 
 
 def test_stdlib_docstrings_split_by_module():

@@ -4,8 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from kivla.eval.study import StudyConfig, run_study
 from kivla.model.testing import save_tiny_world_bundle
+from kivla.pipelines.study import StudyConfig, run_study
 
 
 def fake_pretrain(config, progress=False):

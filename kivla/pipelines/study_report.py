@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from kivla.eval import plots
-from kivla.eval.claims import (
+from kivla.pipelines.claims import (
     METRICS,
     Metric,
     claims_ki,
@@ -188,8 +188,7 @@ def markdown(results: dict[str, Any], images: dict[str, str]) -> str:
 
 def write_report(results: dict[str, Any], report_dir: Path, name: str) -> Path:
     """`<report_dir>/<name>.json`, `<name>.md` and `<name>/*.png`; returns the markdown path."""
-    from kivla.eval.rollout import _write_text
-    from kivla.train.atomic import write_json
+    from kivla.io import write_json, write_text
 
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -197,5 +196,5 @@ def write_report(results: dict[str, Any], report_dir: Path, name: str) -> Path:
     images = {k: f"{name}/{p.name}" for k, p in pngs.items()}
     write_json(report_dir / f"{name}.json", results)
     path = report_dir / f"{name}.md"
-    _write_text(path, markdown(results, images))
+    write_text(path, markdown(results, images))
     return path

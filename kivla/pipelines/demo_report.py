@@ -1,37 +1,20 @@
-"""Human-readable summaries of training runs: the pretraining line and the demo's report.md."""
+"""The demo's `report.md`: its numbers, training curves and timings, from `results.json`."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from kivla.eval.language import markdown as language_markdown
+from kivla.eval.plots import curves
+from kivla.io import write_text
 from kivla.train.metrics import read_metrics
-
-
-def pretrain_summary(checkpoint: Path, num_vqa: int = 300) -> str:
-    """One paragraph: the pretrained backbone's VQA accuracy and caption perplexity on held-out scenes."""
-    from kivla.eval.language import LanguageConfig, language_metrics
-    from kivla.model.bundle import PolicyBundle
-
-    metrics = language_metrics(
-        PolicyBundle.load(checkpoint), LanguageConfig(num_vqa=num_vqa, num_caption=num_vqa // 3, num_text=0)
-    )
-    per_type = ", ".join(f"{q} {v:.0%}" for q, v in sorted(metrics["vqa_per_type"].items()))
-    return (
-        f"checkpoint: {checkpoint}\n"
-        f"held-out VQA accuracy {metrics['vqa_accuracy']:.1%} ({per_type}); "
-        f"caption perplexity {metrics['caption_perplexity']:.2f}"
-    )
 
 
 def loss_curves(metrics_path: Path, png: Path, title: str) -> Path:
     """Total and per-loss training curves of a run's metrics.jsonl."""
-    from kivla.eval.plots import curves
-
     records = [r for r in read_metrics(metrics_path) if "loss" in r]
     step = np.array([r["step"] for r in records], dtype=float)
     zero = np.zeros_like(step)
@@ -47,18 +30,8 @@ def _pct(x: float) -> str:
     return "n/a" if x != x else f"{x:.1%}"
 
 
-def _write(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
-
-
 def write_demo_report(out: Path, results: dict[str, Any]) -> Path:
     """`out/report.md` (and `out/loss_curves.png`) from the demo's results."""
-    from kivla.eval.language import markdown as language_markdown
-
     out = Path(out)
     cfg = results["config"]
     loss_png = loss_curves(out / "ki" / "metrics.jsonl", out / "loss_curves.png", "ki co-training")
@@ -135,4 +108,4 @@ def write_demo_report(out: Path, results: dict[str, Any]) -> Path:
         f"ki `{results['checkpoints']['ki']}`. Rollout GIFs: `eval/<policy>/videos/`.",
         "",
     ]
-    return _write(out / "report.md", "\n".join(lines))
+    return write_text(out / "report.md", "\n".join(lines))

@@ -1,0 +1,1 @@
+"""Orchestration above `kivla.eval`: the demo and the studies, their stages, reports and commands."""
