@@ -4,8 +4,7 @@ config overrides and score held-out VQA per question type at a few checkpoints.
     python experiments/learning.py NAME --steps 400 --every 100 \
         --backbone '{"stem": "conv"}' --policy '{"vision_weight": 1.0, "vision_labels": 20}'
 
-Appends one JSON line per checkpoint to runs/exp/results.jsonl. `--stem wide` swaps the tiny VLM's
-conv stem for one of `experiments/stem_probe.py`'s (an experiment, not a library option yet).
+Appends one JSON line per checkpoint to runs/exp/results.jsonl.
 """
 
 from __future__ import annotations
@@ -54,14 +53,7 @@ def main() -> None:
     p.add_argument("--policy", default="{}")
     p.add_argument("--mixture", default='{"robot": 0, "caption": 0.3, "vqa": 0.6, "text": 0.1}')
     p.add_argument("--questions", type=int, default=300)
-    p.add_argument("--stem", choices=("base", "deep", "wide"), help="a stem of experiments/stem_probe.py")
     args = p.parse_args()
-    if args.stem is not None:
-        from stem_probe import stems
-
-        import kivla.model.backbone as backbone
-
-        backbone.image_stem = lambda config: stems()[args.stem]
     out = Path("runs/exp") / args.name
     config = PretrainConfig(out=out, steps=args.steps, batch_size=args.batch, lr=args.lr,
                             image_size=args.image_size, mixture=MixtureConfig(**json.loads(args.mixture)),

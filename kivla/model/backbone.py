@@ -108,16 +108,21 @@ class DecoderLayer(nn.Module):
 
 
 def image_stem(config: BackboneConfig) -> nn.Module:
-    """[B, 3, S, S] -> [B, W, S/p, S/p]: a linear patch embedding, or log2(p) stride-2 3x3 convs."""
+    """[B, 3, S, S] -> [B, W, S/p, S/p]: a linear patch embedding, or log2(p) stride-2 3x3 convs
+    ("conv_wide": from 64 channels instead of 32, and one stride-1 conv before the last)."""
     c = config
     if c.stem == "patch":
         return nn.Conv2d(3, c.width, kernel_size=c.patch_size, stride=c.patch_size)
+    wide = c.stem == "conv_wide"
     layers: list[nn.Module] = []
     channels, stages = 3, c.patch_size.bit_length() - 1
     for i in range(stages):
-        out = c.width if i == stages - 1 else min(32 * 2**i, c.width)
+        last = i == stages - 1
+        if wide and last and stages > 1:
+            layers += [nn.Conv2d(channels, channels, kernel_size=3, stride=1, padding=1), nn.GELU()]
+        out = c.width if last else min((64 if wide else 32) * 2**i, c.width)
         layers += [nn.Conv2d(channels, out, kernel_size=3, stride=2, padding=1)]
-        if i < stages - 1:
+        if not last:
             layers += [nn.GELU()]
         channels = out
     return nn.Sequential(*layers)

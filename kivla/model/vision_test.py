@@ -3,6 +3,7 @@
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 from kivla.data.example import Example
@@ -82,12 +83,26 @@ def test_a_policy_without_vision_head_reports_three_losses(builder, config):
     assert set(out.parts) == {"flow", "fast", "lm"} and policy.vision_head is None
 
 
-def test_conv_stem_and_image_normalization(config):
+@pytest.mark.parametrize("stem", ["conv", "conv_wide"])
+def test_conv_stem_and_image_normalization(config, stem):
     backbone = dataclasses.replace(
-        config.backbone, stem="conv", image_mean=(0.8, 0.7, 0.6), image_std=(0.25,) * 3
+        config.backbone, stem=stem, image_mean=(0.8, 0.7, 0.6), image_std=(0.25,) * 3
     )
     policy = KIPolicy(dataclasses.replace(config, backbone=backbone))
     images = torch.rand(2, 3, 16, 16)
     x, _ = policy.backbone.embed_prefix(images, torch.ones(2, dtype=torch.bool), torch.ones(2, 3).long(),
                                         torch.ones(2, 3, dtype=torch.bool))  # fmt: skip
     assert x.shape[1] == config.backbone.num_image_tokens + 3
+
+
+def test_conv_wide_is_the_probed_stem():
+    """The library's conv_wide stem at the tiny size is the "wide" stem that
+    experiments/stem_probe.py measured (same layers, same parameter count)."""
+    from kivla.model.backbone import image_stem
+    from kivla.model.config import BackboneConfig
+
+    stem = image_stem(BackboneConfig(stem="conv_wide", width=256, patch_size=8))
+    convs = [(m.in_channels, m.out_channels, m.stride[0]) for m in stem if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [(3, 64, 2), (64, 128, 2), (128, 128, 1), (128, 256, 2)]
+    assert sum(p.numel() for p in stem.parameters()) == 518_400
+    assert stem(torch.rand(1, 3, 64, 64)).shape == (1, 256, 8, 8)
