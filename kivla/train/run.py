@@ -24,7 +24,14 @@ from kivla.model.assemble import assemble_bundle, policy_config
 from kivla.model.batch import BatchBuilder
 from kivla.model.bundle import PolicyBundle
 from kivla.model.presets import RECIPES, SIZES
-from kivla.train.align import BACKBONES, VISIONS, real_arch, real_vocabulary
+from kivla.train.align import (
+    BACKBONES,
+    VISIONS,
+    alignment_config,
+    freeze_language_model,
+    real_arch,
+    real_vocabulary,
+)
 from kivla.train.checkpoint import latest_checkpoint, list_checkpoints
 from kivla.train.config import TrainConfig
 from kivla.train.distributed import DistContext, init_distributed
@@ -185,29 +192,34 @@ def pretrain_backbone(
     config: PretrainConfig, progress: bool = True, resume: bool = False, ctx: DistContext | None = None
 ) -> Path:
     """Language pretraining of the built-in VLM; returns the final checkpoint (a policy bundle).
-    A real backbone (`config.backbone`) gets its vision-alignment stage instead."""
-    if config.backbone != "tiny":
-        from kivla.train.align import align_vision
-
-        return align_vision(config, progress, resume, ctx)
+    A real backbone (`config.backbone`) gets its vision-alignment stage instead: the same run on
+    its own vocabulary, with the language model frozen (`kivla.train.align`)."""
     from kivla.data.world_env import ACTION_DIM, STATE_DIM
 
     out = Path(config.out)
-    text = fit_text_tokenizer()
-    layout = vocab_layout(text)
-    policy_cfg = policy_config(
-        config.size, "pretrain", image_size=config.image_size, vocab_size=layout.vocab_size,
-        horizon=PRETRAIN_HORIZON, action_dim=ACTION_DIM, state_dim=STATE_DIM,
-        backbone_overrides=config.backbone_overrides, **config.policy_overrides,
-    )  # fmt: skip
+    record = {"pretrain": {**dataclasses.asdict(config), "out": str(out)}}
+    if config.backbone != "tiny":
+        text, layout = real_vocabulary(config.backbone)
+        policy_cfg, recipe = alignment_config(config), "align"
+        record["pretrain"]["stage"] = "vision alignment"
+    else:
+        text = fit_text_tokenizer()
+        layout = vocab_layout(text)
+        policy_cfg = policy_config(
+            config.size, "pretrain", image_size=config.image_size, vocab_size=layout.vocab_size,
+            horizon=PRETRAIN_HORIZON, action_dim=ACTION_DIM, state_dim=STATE_DIM,
+            backbone_overrides=config.backbone_overrides, **config.policy_overrides,
+        )  # fmt: skip
+        recipe = "pretrain"
     builder = BatchBuilder(text, None, image_size=config.image_size, horizon=PRETRAIN_HORIZON,
                            action_dim=ACTION_DIM, state_dim=STATE_DIM, max_prompt_len=MAX_PROMPT_LEN,
                            max_suffix_len=MAX_SUFFIX_LEN, layout=layout)  # fmt: skip
-    bundle = assemble_bundle(policy_cfg, builder, None, "pretrain", seed=config.seed)
+    bundle = assemble_bundle(policy_cfg, builder, None, recipe, seed=config.seed)
+    if recipe == "align":
+        freeze_language_model(bundle.policy)
     sampler = MixtureSampler(None, config.mixture.weights(), config.seed, image_size=config.image_size,
                              exclude_question_types=config.mixture.exclude_question_types)  # fmt: skip
     batches = MixtureBatches(builder, sampler, config.seed)
-    record = {"pretrain": {**dataclasses.asdict(config), "out": str(out)}}
     outcome = _run_trainer(bundle, batches, config.train_config(), out, record, progress, resume, ctx)
     return outcome.checkpoints[-1]
 
