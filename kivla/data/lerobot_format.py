@@ -30,6 +30,11 @@ TASKS_PATH = "meta/tasks.parquet"
 IMAGE_KEY = "observation.images.top"
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
+# Per-frame integer features a generator knows and a camera does not (kivla's world writes them;
+# datasets without them train the same way, without the dense vision losses on robot frames).
+ANNOTATION_PREFIX = "annotation."
+LABELS_KEY = "annotation.labels"  # uint8 [S*S]: the world's label map of the frame's image
+REFER_KEY = "annotation.refer"  # int64 [2]: label classes of the instruction's target, destination
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 
 

@@ -66,6 +66,9 @@ class LeRobotDataset(torch.utils.data.Dataset):
                 f"image_key: feature {image_key!r} is not an image/video feature (have {visual})"
             )
         self.image_key = image_key
+        # Integer per-frame annotations (kivla's world writes them; other datasets have none).
+        self.annotation_keys = tuple(sorted(k for k in features if k.startswith(fmt.ANNOTATION_PREFIX)))
+        self.annotation_dims = {k: int(np.prod(features[k]["shape"])) for k in self.annotation_keys}
         self.is_video = image_key is not None and features[image_key]["dtype"] == "video"
         self.tasks = _read_tasks(self.root / fmt.TASKS_PATH)
         self.episodes = _read_episodes(self.root)
@@ -80,7 +83,7 @@ class LeRobotDataset(torch.utils.data.Dataset):
         files = sorted(
             {(int(c), int(f)) for c, f in zip(ep["data/chunk_index"], ep["data/file_index"], strict=True)}
         )
-        wanted = [*REQUIRED_COLUMNS, self.action_key, self.state_key]
+        wanted = [*REQUIRED_COLUMNS, self.action_key, self.state_key, *self.annotation_keys]
         if self.image_key is not None and not self.is_video:
             wanted.append(self.image_key)
         tables = []
@@ -102,6 +105,10 @@ class LeRobotDataset(torch.utils.data.Dataset):
         self.task_index = table["task_index"].to_numpy()[order]
         self.actions = _matrix(table[self.action_key], self.action_dim, self.action_key)[order]
         self.states = _matrix(table[self.state_key], self.state_dim, self.state_key)[order]
+        self.annotations = {
+            key: _integer_matrix(table[key], self.annotation_dims[key], key)[order]
+            for key in self.annotation_keys
+        }
         self._images = (
             table[self.image_key].take(pa.array(order)) if self.image_key and not self.is_video else None
         )
@@ -185,6 +192,8 @@ class LeRobotDataset(torch.utils.data.Dataset):
         }
         if self.image_key is not None:
             item["image"] = self.image(row)
+        if self.annotations:
+            item["annotations"] = {key: values[row] for key, values in self.annotations.items()}
         return item
 
     def image(self, row: int) -> np.ndarray:
@@ -263,6 +272,19 @@ def _matrix(column: pa.ChunkedArray, dim: int, name: str) -> np.ndarray:
         )
     values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float32)
     return values.reshape(len(column), dim)
+
+
+def _integer_matrix(column: pa.ChunkedArray, dim: int, name: str) -> np.ndarray:
+    """[N, dim] integers from a fixed-size-list column of an annotation feature."""
+    column = column.combine_chunks()
+    if not pa.types.is_fixed_size_list(column.type) or not pa.types.is_integer(column.type.value_type):
+        raise ValueError(f"column {name!r}: expected a fixed-size list of integers, got type {column.type}")
+    if column.type.list_size != dim:
+        raise ValueError(
+            f"column {name!r}: expected {dim} values per frame (meta/info.json shape), "
+            f"got {column.type.list_size}"
+        )
+    return pc.list_flatten(column).to_numpy(zero_copy_only=False).reshape(len(column), dim)
 
 
 def _read_tasks(path: Path) -> dict[int, str]:

@@ -60,11 +60,22 @@ class LeRobotWriter:
         self.states: list[np.ndarray] = []
         self.pixels: list[np.ndarray] = []
         self.rng = np.random.default_rng(0)
+        self.annotation_spec: dict[str, tuple[int, str]] = {}  # key -> (values a frame, dtype)
         self._container = None
 
     # -- episodes ------------------------------------------------------------------------------
-    def add_episode(self, images: np.ndarray, states: np.ndarray, actions: np.ndarray, task: str) -> None:
-        """images uint8 [T, S, S, 3], states float32 [T, Ds], actions float32 [T, Da]."""
+    def add_episode(
+        self,
+        images: np.ndarray,
+        states: np.ndarray,
+        actions: np.ndarray,
+        task: str,
+        annotations: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        """images uint8 [T, S, S, 3], states float32 [T, Ds], actions float32 [T, Da].
+
+        `annotations`: extra per-frame integer features {key: [T, K]} (the world's dense labels);
+        every episode must carry the same keys, shapes and dtypes as the first."""
         length = len(actions)
         size = self.image_size
         if images.shape != (length, size, size, 3) or images.dtype != np.uint8:
@@ -75,6 +86,7 @@ class LeRobotWriter:
             raise ValueError(
                 f"actions: expected finite [{length}, {len(self.action_names)}], got {actions.shape}"
             )
+        annotations = self._check_annotations(annotations or {}, length)
         if self.frames_in_file > 0 and self.frames_in_file + length > self.frames_per_file:
             self._close_file()
         task_index = self.tasks.setdefault(task, len(self.tasks))
@@ -90,6 +102,8 @@ class LeRobotWriter:
             "index": pa.array(np.arange(start, start + length), pa.int64()),
             "task_index": pa.array(np.full(length, task_index), pa.int64()),
         }
+        for key, values in annotations.items():
+            columns[key] = _fixed_list(values, pa.from_numpy_dtype(values.dtype))
         episode = {
             "episode_index": episode_index,
             "tasks": [task],
@@ -123,6 +137,26 @@ class LeRobotWriter:
         self.pixels.append(flat[self.rng.integers(len(flat), size=PIXEL_SAMPLE * length)])
         self.frames_in_file += length
         self.total_frames += length
+
+    def _check_annotations(self, annotations: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
+        """The episode's annotations as [T, K] integer arrays, checked against the first episode's."""
+        out = {}
+        for key, values in annotations.items():
+            values = np.asarray(values)
+            values = values.reshape(length, -1) if values.ndim != 2 else values
+            if len(values) != length or not np.issubdtype(values.dtype, np.integer):
+                raise ValueError(
+                    f"annotations[{key!r}]: expected an integer array [{length}, K], got "
+                    f"{values.dtype} {list(np.shape(annotations[key]))}"
+                )
+            out[key] = values
+        spec = {key: (v.shape[1], v.dtype.name) for key, v in out.items()}
+        if self.episodes and spec != self.annotation_spec:
+            raise ValueError(
+                f"annotations: expected the first episode's {self.annotation_spec}, got {spec}"
+            )
+        self.annotation_spec = spec
+        return out
 
     # -- files ---------------------------------------------------------------------------------
     def _encode(self, images: np.ndarray, chunk: int, file: int) -> None:
@@ -230,6 +264,10 @@ class LeRobotWriter:
                 "episode_index": scalar("int64"),
                 "index": scalar("int64"),
                 "task_index": scalar("int64"),
+                **{
+                    key: {"dtype": dtype, "shape": [size], "names": None}
+                    for key, (size, dtype) in self.annotation_spec.items()
+                },
             },
         }
 

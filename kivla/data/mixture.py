@@ -13,6 +13,7 @@ import numpy as np
 
 from kivla.data.example import Example
 from kivla.data.language import language_examples
+from kivla.data.lerobot_format import LABELS_KEY, REFER_KEY
 from kivla.data.normalize import QuantileNormalizer
 
 SOURCES: tuple[str, ...] = ("robot", "caption", "vqa", "text")
@@ -65,6 +66,7 @@ class MixtureSampler:
         if self.normalizer is not None:
             actions = self.normalizer.normalize(self.robot.action_key, actions)
             state = self.normalizer.normalize(self.robot.state_key, state)
+        labels, refs = self.robot_annotations(item)
         return Example(
             prompt=item["task"],
             image=item.get("image"),
@@ -74,7 +76,26 @@ class MixtureSampler:
             kind="robot",
             flow=True,
             fast=True,
+            image_labels=labels,
+            image_refs=refs,
         )
+
+    @property
+    def robot_has_labels(self) -> bool:
+        """True when the robot frames carry the world's label maps (the dense vision losses apply)."""
+        return self.robot is not None and LABELS_KEY in getattr(self.robot, "annotation_keys", ())
+
+    def robot_annotations(self, item: dict) -> tuple[np.ndarray | None, tuple | None]:
+        """(label map uint8 [S, S], referred classes ((target,), (destination,))) of a robot frame,
+        (None, None) for a dataset without the world's annotations."""
+        notes = item.get("annotations", {})
+        if LABELS_KEY not in notes or item.get("image") is None:
+            return None, None
+        size = item["image"].shape[0]
+        labels = notes[LABELS_KEY].astype(np.uint8).reshape(size, size)
+        refer = notes.get(REFER_KEY)
+        refs = None if refer is None else tuple((int(c),) if c > 0 else () for c in refer[:2])
+        return labels, refs
 
     def draw_source(self, rng: np.random.Generator) -> str:
         """The source of the next example: the first draw `draw` makes from `rng`."""

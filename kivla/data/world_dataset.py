@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kivla.data.lerobot_format import LABELS_KEY, REFER_KEY
 from kivla.data.lerobot_write import LeRobotWriter, check_out_dir
 from kivla.data.world_env import ACTION_NAMES, FPS, STATE_NAMES, TabletopEnv, WorldConfig
 from kivla.data.world_expert import rollout_expert
@@ -32,11 +33,14 @@ def generate_dataset(
     overwrite: bool = False,
     progress: bool = True,
     video_codec: str = "libx264",
+    annotations: bool = True,
 ) -> Path:
     """Write `episodes` successful expert episodes as a LeRobot v3.0 dataset at `out_dir`, atomically.
 
     Failed expert episodes (rare) are re-drawn with the next attempt's seed, so every episode of the
-    dataset succeeds. Returns the dataset path.
+    dataset succeeds. With `annotations`, every frame also carries the world's label map and the
+    label classes the instruction names (`annotation.labels`, `annotation.refer`): the targets of
+    the dense vision losses in robot co-training. Returns the dataset path.
     """
     if episodes < 1:
         raise ValueError(f"episodes: expected >= 1, got {episodes}")
@@ -57,8 +61,11 @@ def generate_dataset(
                         break
                 else:
                     raise RuntimeError(f"expert failed {MAX_ATTEMPTS} times on episode {index}")
+                length = len(episode["actions"])
+                extra = {LABELS_KEY: episode["labels"], REFER_KEY: np.tile(episode["refer"], (length, 1))}
                 writer.add_episode(
-                    episode["images"], episode["states"], episode["actions"], episode["task"].instruction
+                    episode["images"], episode["states"], episode["actions"], episode["task"].instruction,
+                    extra if annotations else None,
                 )
                 bar.update(1)
             bar.close()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kivla.data.world_env import MAX_XY_STEP, MAX_Z_STEP, PUSH_CONTACT, TabletopEnv
-from kivla.data.world_scene import Scene
+from kivla.data.world_scene import Scene, object_labels
 from kivla.data.world_tasks import DIRECTIONS, REGIONS, Task
 
 GRIP_STEPS = 3
@@ -169,14 +169,17 @@ def expert_action(env: TabletopEnv) -> np.ndarray:
 
 
 def rollout_expert(env: TabletopEnv, seed: int, options: dict | None = None) -> dict:
-    """Run one expert episode. Returns images [T,S,S,3], states [T,5], actions [T,4], task, success."""
+    """Run one expert episode. Returns images [T,S,S,3], states [T,5], actions [T,4], task, success,
+    and the world's annotations of every frame: `labels` uint8 [T,S,S] (`Renderer.label_map`) and
+    `refer` int64 [2] (label classes of the instruction's target and destination, 0 = none)."""
     obs, info = env.reset(seed, options)
-    images, states, actions = [], [], []
+    images, states, actions, labels = [], [], [], []
     success = False
     for _ in range(env.config.max_steps):
         action = expert_action(env)
         images.append(obs["image"])
         states.append(obs["state"])
+        labels.append(env.renderer.label_map(env.scene))
         actions.append(action)
         obs, _, terminated, truncated, info = env.step(action)
         if terminated or truncated:
@@ -186,7 +189,16 @@ def rollout_expert(env: TabletopEnv, seed: int, options: dict | None = None) -> 
         "images": np.stack(images),
         "states": np.stack(states),
         "actions": np.stack(actions).astype(np.float32),
+        "labels": np.stack(labels),
+        "refer": referred_classes(env.task, env.scene),
         "task": info["task"],
         "success": success,
         "seed": seed,
     }
+
+
+def referred_classes(task: Task, scene: Scene) -> np.ndarray:
+    """int64 [2]: the label classes of the objects an instruction names (target, destination; 0 = none)."""
+    classes = object_labels(scene)
+    destination = classes[task.destination] if task.destination >= 0 else 0
+    return np.array([classes[task.target], destination], dtype=np.int64)

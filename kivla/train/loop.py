@@ -66,7 +66,10 @@ def ema_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor]
         n = float(num_averaged)
         d = min(decay, (1.0 + n) / (10.0 + n))
         for a, c in zip(averaged, current, strict=True):
-            a.lerp_(c, 1.0 - d)
+            if a.is_floating_point():
+                a.lerp_(c, 1.0 - d)
+            else:  # integer buffers (vocabulary ids) are copied, not averaged
+                a.copy_(c)
 
     return update
 

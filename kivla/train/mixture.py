@@ -68,8 +68,9 @@ class MixtureBatches:
         shards = world_size * self.grad_accum
         robot = sum(s == "robot" for s in sources)
         fast = robot if self.builder.action_tokenizer is not None else 0
-        seen = sum(s in ("caption", "vqa") for s in sources)  # language examples with a labelled image
-        vqa = sum(s == "vqa" for s in sources)  # the examples whose prompt refers to objects
+        labelled = self.sampler.robot_has_labels  # robot frames with the world's label maps
+        seen = sum(s in ("caption", "vqa") or (labelled and s == "robot") for s in sources)
+        vqa = sum(s == "vqa" or (labelled and s == "robot") for s in sources)  # prompts naming objects
         return {"flow": robot / shards, "fast": fast / shards, "lm": (len(sources) - robot) / shards,
                 "vision": seen / shards, "refer": vqa / shards}  # fmt: skip
 
