@@ -18,10 +18,13 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from kivla.data.lerobot_format import LABELS_KEY
 from kivla.data.lerobot_read import LeRobotDataset
 from kivla.data.mixture import MixtureSampler
+from kivla.data.world_scene import GRIPPER_LABEL
 from kivla.eval.baselines import BundlePolicy
 from kivla.eval.rollout import EvalConfig, evaluate
 from kivla.eval.validation import ValidationConfig, flow_validation
@@ -56,12 +59,72 @@ def target_marking(bundle: PolicyBundle, val: Path, frames: int = 256) -> dict[s
             "chance": 1.0 / truth.shape[1]}  # fmt: skip
 
 
+@torch.no_grad()
+def grasp_points(bundle: PolicyBundle, val: Path, frames: int = 256) -> dict[str, float]:
+    """Open-loop localization on held-out frames whose expert chunk descends (z < 0.3: a grasp,
+    push or reach point): the xy distance between the lowest point of the policy's chunk and the
+    expert's (world units; reach succeeds within 0.05), the same at the expert's time of its lowest
+    point, how often the policy descends at all, and how often its lowest point is nearest the same
+    object as the expert's (objects from the label map)."""
+    dataset = LeRobotDataset(val, horizon=bundle.horizon)
+    rows = np.linspace(0, len(dataset) - 1, 4 * frames).astype(int)
+    items = [it for it in (dataset[int(r)] for r in rows) if (it["actions"][:, 2] < 0.3).any()][:frames]
+    obs = {"image": np.stack([it["image"] for it in items]), "state": np.stack([it["state"] for it in items]),
+           "instruction": [it["task"] for it in items]}  # fmt: skip
+    predicted = bundle.act(obs, generator=torch.Generator().manual_seed(0))  # [B, H, D]
+    own, timed, descends, same = [], [], [], []
+    for it, pred in zip(items, predicted, strict=True):
+        j, k = int(np.argmin(it["actions"][:, 2])), int(np.argmin(pred[:, 2]))
+        truth, guess = it["actions"][j, :2], pred[k, :2]
+        own.append(float(np.linalg.norm(truth - guess)))
+        timed.append(float(np.linalg.norm(truth - pred[j, :2])))
+        descends.append(bool(pred[k, 2] < 0.3))
+        labels = it["annotations"][LABELS_KEY].reshape(it["image"].shape[:2])
+        classes = [c for c in np.unique(labels) if 0 < c < GRIPPER_LABEL]
+        centres = np.stack([(np.argwhere(labels == c).mean(0)[::-1] + 0.5) / len(labels) for c in classes])
+        same.append(_nearest(centres, truth) == _nearest(centres, guess))
+    own = np.array(own)
+    return {
+        "frames": len(items),
+        "median_xy_error": float(np.median(own)),
+        "within_0.05": float((own < 0.05).mean()),
+        "median_xy_error_at_expert_time": float(np.median(timed)),
+        "descends": float(np.mean(descends)),
+        "same_object": float(np.mean(same)),
+    }
+
+
+@torch.no_grad()
+def sensitivity(bundle: PolicyBundle, val: Path, frames: int = 64) -> dict[str, float]:
+    """What the sampled chunks depend on: the mean xy change (world units) of 64 held-out frames'
+    chunks when, with everything else fixed, the flow noise is redrawn, or the images,
+    instructions or states are rolled by one across the batch (0: the policy ignores that input)."""
+    dataset = LeRobotDataset(val, horizon=bundle.horizon)
+    items = [dataset[int(r)] for r in np.linspace(0, len(dataset) - 1, frames).astype(int)]
+    obs = {"image": np.stack([it["image"] for it in items]), "state": np.stack([it["state"] for it in items]),
+           "instruction": [it["task"] for it in items]}  # fmt: skip
+    shape = (frames, bundle.horizon, bundle.builder.action_dim)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    base = bundle.act(obs, noise=noise)
+    change = lambda o, n=noise: float(np.abs(bundle.act(o, noise=n) - base)[..., :2].mean())  # noqa: E731
+    roll = lambda x: np.roll(x, 1, 0) if isinstance(x, np.ndarray) else x[1:] + x[:1]  # noqa: E731
+    out = {"noise": change(obs, torch.randn(shape, generator=torch.Generator().manual_seed(1)))}
+    for key in ("image", "instruction", "state"):
+        out[key] = change({**obs, key: roll(obs[key])})
+    return out
+
+
+def _nearest(centres: np.ndarray, point: np.ndarray) -> int:
+    return int(np.argmin(np.linalg.norm(centres - point, axis=-1)))
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
+    p.add_argument("--only-probe", type=Path, help="skip training: probe this checkpoint")
     p.add_argument("name")
-    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--data", type=Path)
     p.add_argument("--val", type=Path, required=True)
-    p.add_argument("--init", type=Path, required=True)
+    p.add_argument("--init", type=Path)
     p.add_argument("--recipe", default="ki")
     p.add_argument("--steps", type=int, default=700)
     p.add_argument("--batch", type=int, default=32)
@@ -71,9 +134,15 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=48)
     p.add_argument("--execute-steps", type=int, default=10)
     args = p.parse_args()
+    if args.only_probe is not None:  # a quick look at a checkpoint, nothing recorded
+        bundle = PolicyBundle.load(args.only_probe)
+        print("grasp points", grasp_points(bundle, args.val), "marking", target_marking(bundle, args.val))
+        print("sensitivity", sensitivity(bundle, args.val))
+        return
     out = Path("runs/exp/policy") / args.name
-    train = TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, warmup_steps=max(1, args.steps // 20),
-                        save_every=args.steps, keep_last=1, log_every=max(1, args.steps // 50))  # fmt: skip
+    train = TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr,
+                        warmup_steps=max(1, args.steps // 20), save_every=args.steps, keep_last=1,
+                        log_every=max(1, args.steps // 50))  # fmt: skip
     run = RunConfig(recipe=args.recipe, data=args.data, out=out, init=args.init, train=train,
                     mixture=MixtureConfig(**json.loads(args.mixture)),
                     policy_overrides=json.loads(args.policy))  # fmt: skip
@@ -92,14 +161,19 @@ def main() -> None:
         "closed_loop": closed,
         "flow_validation": flow_validation(bundle, args.val, ValidationConfig(num_frames=256)),
         "marking": target_marking(bundle, args.val),
+        "grasp_points": grasp_points(bundle, args.val),
+        "sensitivity": sensitivity(bundle, args.val),
     }
     Path("runs/exp").mkdir(parents=True, exist_ok=True)
     with open("runs/exp/policy_results.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
     for split, s in closed.items():
-        fams = ", ".join(f"{k} {v['success_rate']:.0%}/{v['follow_rate']:.0%}" for k, v in s["families"].items())
+        fams = ", ".join(
+            f"{k} {v['success_rate']:.0%}/{v['follow_rate']:.0%}" for k, v in s["families"].items()
+        )
         print(f"{split}: success {s['success_rate']:.1%} follow {s['follow_rate']:.1%} ({fams})")
     print("flow val", record["flow_validation"], "marking", record["marking"])
+    print("grasp points", record["grasp_points"], "sensitivity", record["sensitivity"])
 
 
 if __name__ == "__main__":

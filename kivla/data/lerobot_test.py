@@ -250,3 +250,40 @@ def test_unknown_codec_is_refused(tmp_path):
     with pytest.raises(ValueError, match="video_codec"):
         generate_dataset(tmp_path / "ds", 1, video_codec="vp9", progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_world_annotations_round_trip(png_ds):
+    ds = LeRobotDataset(png_ds, horizon=16)
+    assert ds.annotation_keys == (fmt.LABELS_KEY, fmt.REFER_KEY)
+    assert ds.info["features"][fmt.LABELS_KEY] == {"dtype": "uint8", "shape": [64 * 64], "names": None}
+    for index in (0, EPISODES - 1):
+        want = _expected(index)
+        start, end = ds.episode_rows(index)
+        labels = ds.annotations[fmt.LABELS_KEY][start:end].reshape(-1, 64, 64)
+        np.testing.assert_array_equal(labels, want["labels"])
+        assert (ds.annotations[fmt.REFER_KEY][start:end] == want["refer"]).all()
+        item = ds[start + 1]
+        np.testing.assert_array_equal(item["annotations"][fmt.LABELS_KEY], want["labels"][1].ravel())
+    target = want["refer"][0]
+    assert target > 0 and (want["labels"][0] == target).any()  # the named target is drawn
+
+
+def test_datasets_without_annotations_read_as_before(tmp_path):
+    root = generate_dataset(tmp_path / "ds", 2, seed=3, video=False, annotations=False, progress=False)
+    ds = LeRobotDataset(root, horizon=8)
+    assert ds.annotation_keys == () and "annotations" not in ds[0]
+    assert not any(k.startswith(fmt.ANNOTATION_PREFIX) for k in ds.info["features"])
+
+
+def test_annotation_errors_name_the_key(tmp_path):
+    from kivla.data.lerobot_write import LeRobotWriter
+    from kivla.data.world_env import ACTION_NAMES, FPS, STATE_NAMES
+
+    writer = LeRobotWriter(tmp_path / "w", FPS, 64, ACTION_NAMES, STATE_NAMES, video=False)
+    want = _expected(0)
+    args = (want["images"], want["states"], want["actions"], "reach the red circle")
+    with pytest.raises(ValueError, match=r"annotations\['annotation\.x'\].*integer"):
+        writer.add_episode(*args, {"annotation.x": np.zeros(len(want["actions"]), np.float32)})
+    writer.add_episode(*args, {"annotation.x": np.zeros((len(want["actions"]), 2), np.int64)})
+    with pytest.raises(ValueError, match="first episode"):
+        writer.add_episode(*args, {"annotation.x": np.zeros((len(want["actions"]), 3), np.int64)})

@@ -152,9 +152,7 @@ class LeRobotWriter:
             out[key] = values
         spec = {key: (v.shape[1], v.dtype.name) for key, v in out.items()}
         if self.episodes and spec != self.annotation_spec:
-            raise ValueError(
-                f"annotations: expected the first episode's {self.annotation_spec}, got {spec}"
-            )
+            raise ValueError(f"annotations: expected the first episode's {self.annotation_spec}, got {spec}")
         self.annotation_spec = spec
         return out
 

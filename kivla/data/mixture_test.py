@@ -59,3 +59,20 @@ def test_language_only_and_bad_ratios(dataset):
         MixtureSampler(dataset, {"robots": 1.0})
     with pytest.raises(ValueError, match="ratios"):
         MixtureSampler(dataset, {"robot": 0.0})
+
+
+def test_robot_examples_carry_the_world_annotations(dataset):
+    sampler = MixtureSampler(dataset, {"robot": 1.0}, seed=0)
+    assert sampler.robot_has_labels
+    for e in sampler.sample(20):
+        (target,), destination = e.image_refs
+        assert e.image_labels.shape == (64, 64) and e.image_labels.dtype == np.uint8
+        assert (e.image_labels == target).any()  # the named object is in the frame's label map
+        assert len(destination) == (1 if " on " in e.prompt else 0), e.prompt  # place_on names one
+
+
+def test_robot_examples_without_annotations(tmp_path):
+    root = generate_dataset(tmp_path / "ds", 1, seed=2, video=False, annotations=False, progress=False)
+    sampler = MixtureSampler(LeRobotDataset(root, horizon=8), {"robot": 1.0}, seed=0)
+    assert not sampler.robot_has_labels
+    assert all(e.image_labels is None and e.image_refs is None for e in sampler.sample(5))

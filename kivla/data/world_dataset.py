@@ -64,7 +64,10 @@ def generate_dataset(
                 length = len(episode["actions"])
                 extra = {LABELS_KEY: episode["labels"], REFER_KEY: np.tile(episode["refer"], (length, 1))}
                 writer.add_episode(
-                    episode["images"], episode["states"], episode["actions"], episode["task"].instruction,
+                    episode["images"],
+                    episode["states"],
+                    episode["actions"],
+                    episode["task"].instruction,
                     extra if annotations else None,
                 )
                 bar.update(1)

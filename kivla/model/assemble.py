@@ -19,6 +19,8 @@ from kivla.model.config import BackboneConfig, KIPolicyConfig
 from kivla.model.policy import KIPolicy
 from kivla.model.presets import RECIPES, SIZES
 
+AUX_HEADS = ("vision_head", "refer_head", "where_head")  # training heads on the backbone's image tokens
+
 
 def policy_config(
     size: str,
@@ -51,7 +53,9 @@ def assemble_bundle(
     seed: int = 0,
     init: PolicyBundle | None = None,
 ) -> PolicyBundle:
-    """A fresh policy of `config` (weights from `seed`), the backbone weights of `init` if given."""
+    """A fresh policy of `config` (weights from `seed`), the backbone weights of `init` if given,
+    and its dense vision heads where both policies have them at the same shapes (robot co-training
+    with the vision losses continues the heads of pretraining instead of starting them afresh)."""
     if config.backbone.kind == "tiny" and config.backbone.vocab_size != builder.vocab_size:
         raise ValueError(
             f"BackboneConfig.vocab_size: {config.backbone.vocab_size} != the batch builder's "
@@ -68,4 +72,8 @@ def assemble_bundle(
         policy.backbone.load_state_dict(
             {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
         )
+        own = policy.state_dict()
+        heads = {k: v for k, v in state.items() if k.split(".")[0] in AUX_HEADS}
+        policy.load_state_dict({k: v for k, v in heads.items() if k in own and own[k].shape == v.shape},
+                               strict=False)  # fmt: skip
     return PolicyBundle(policy, builder, normalizer, recipe)

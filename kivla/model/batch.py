@@ -195,6 +195,7 @@ class BatchBuilder:
                 "lm": torch.tensor([ex.lm for ex in examples]),
                 "vision": has_labels,
                 "refer": has_refs & has_labels,
+                "where": has_labels,
             },
             image_labels=image_labels,
             image_refs=image_refs,

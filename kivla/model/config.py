@@ -173,13 +173,24 @@ class KIPolicyConfig:
     # refers to (the named, counted or answered objects; the second object of a comparison).
     refer_weight: float = 0.0
     refer_layer: int = 1
+    # Position loss: after `vision_layer`, each object's image token regresses its object's centre
+    # (in token units), so that the expert, which reads tokens through attention, finds a position
+    # finer than the token grid in their features. 0: no position head.
+    where_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.backbone, BackboneConfig):
             raise ValueError(f"KIPolicyConfig.backbone: expected BackboneConfig, got {type(self.backbone)}")
         if not isinstance(self.expert, ExpertConfig):
             raise ValueError(f"KIPolicyConfig.expert: expected ExpertConfig, got {type(self.expert)}")
-        for name in ("flow_weight", "fast_weight", "lm_weight", "vision_weight", "refer_weight"):
+        for name in (
+            "flow_weight",
+            "fast_weight",
+            "lm_weight",
+            "vision_weight",
+            "refer_weight",
+            "where_weight",
+        ):
             value = getattr(self, name)
             if not value >= 0:  # also rejects NaN
                 raise ValueError(f"KIPolicyConfig.{name}: expected >= 0, got {value}")
@@ -203,9 +214,12 @@ class KIPolicyConfig:
                 f"{self.backbone.num_kv_heads}, got {self.expert.num_heads}"
             )
 
-        if (self.vision_weight > 0 or self.refer_weight > 0) and self.vision_labels < 2:
+        if (
+            self.vision_weight > 0 or self.refer_weight > 0 or self.where_weight > 0
+        ) and self.vision_labels < 2:
             raise ValueError(
-                "KIPolicyConfig.vision_labels: expected >= 2 when vision_weight or refer_weight > 0, "
+                "KIPolicyConfig.vision_labels: expected >= 2 when vision_weight, refer_weight or "
+                "where_weight > 0, "
                 f"got {self.vision_labels}"
             )
         if self.vision_readout not in ("head", "words"):

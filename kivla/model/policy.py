@@ -20,9 +20,14 @@ from kivla.model.backbones import build_backbone
 from kivla.model.config import KIPolicyConfig
 from kivla.model.expert import ActionExpert
 from kivla.model.kibatch import KIBatch
-from kivla.model.vision import object_token_labels, referred_token_labels, token_cross_entropy_per_example
+from kivla.model.vision import (
+    object_token_labels,
+    object_tokens,
+    referred_token_labels,
+    token_cross_entropy_per_example,
+)
 
-LOSS_NAMES = ("flow", "fast", "lm", "vision", "refer")
+LOSS_NAMES = ("flow", "fast", "lm", "vision", "refer", "where")
 
 
 @dataclass
@@ -47,6 +52,8 @@ class KIPolicy(nn.Module):
         width = config.backbone.width
         self.vision_head = nn.Linear(width, config.vision_labels) if config.vision_labels else None
         self.refer_head = nn.Linear(width, 3) if config.vision_labels else None  # (neither, first, second)
+        # The position head: an object's token -> its centre (column, row) on the image grid.
+        self.where_head = nn.Linear(width, 2) if config.where_weight > 0 else None
         # vision_readout "words": vocabulary ids of the (up to 2) words naming each class, -1 = none.
         if config.vision_labels and config.vision_readout == "words":
             self.register_buffer("label_token_ids", torch.full((config.vision_labels, 2), -1))
@@ -64,7 +71,9 @@ class KIPolicy(nn.Module):
     @property
     def loss_names(self) -> tuple[str, ...]:
         """The names in `LossOutput.parts` of this policy."""
-        return LOSS_NAMES if self.vision_head is not None else LOSS_NAMES[:3]
+        if self.vision_head is None:
+            return LOSS_NAMES[:3]
+        return LOSS_NAMES if self.where_head is not None else LOSS_NAMES[:5]
 
     # -- normalization ---------------------------------------------------------------------------
     def set_action_bounds(self, q01: Tensor, q99: Tensor) -> None:
@@ -155,12 +164,15 @@ class KIPolicy(nn.Module):
             and bool((batch.suffix_loss["fast"] & batch.loss_mask["fast"][:, None]).any()),
             "lm": c.lm_weight > 0 and bool((batch.suffix_loss["lm"] & batch.loss_mask["lm"][:, None]).any()),
         }
-        for name, weight in (("vision", c.vision_weight), ("refer", c.refer_weight)):
+        for name in ("vision", "refer", "where"):
             labelled = batch.loss_mask.get(name, batch.image_mask) & batch.image_mask
+            weight = getattr(c, f"{name}_weight")
             wants[name] = weight > 0 and batch.image_labels is not None and bool(labelled.any())
-        layers = {c.vision_layer: wants["vision"], c.refer_layer: wants["refer"]}
+        layers = {c.vision_layer for n in ("vision", "where") if wants[n]} | (
+            {c.refer_layer} if wants["refer"] else set()
+        )
         out = self._encode(batch, with_suffix=wants["fast"] or wants["lm"],
-                           image_hidden_layers=tuple(k for k, v in layers.items() if v))  # fmt: skip
+                           image_hidden_layers=tuple(sorted(layers)))  # fmt: skip
         zero = batch.images.new_zeros(())
         parts = {
             "flow": self._flow_loss(batch, out.cache, generator, flow_time) if c.flow_weight > 0 else zero
@@ -170,8 +182,10 @@ class KIPolicy(nn.Module):
         if self.vision_head is not None:
             parts["vision"] = self._vision_loss(batch, out, "vision") if wants["vision"] else zero
             parts["refer"] = self._vision_loss(batch, out, "refer") if wants["refer"] else zero
+        if self.where_head is not None:
+            parts["where"] = self._where_loss(batch, out) if wants["where"] else zero
         total = c.flow_weight * parts["flow"] + c.fast_weight * parts["fast"] + c.lm_weight * parts["lm"]
-        for name in ("vision", "refer"):
+        for name in ("vision", "refer", "where"):
             total = total + getattr(c, f"{name}_weight") * parts.get(name, zero)
         if not total.requires_grad:  # a batch with nothing to learn still supports backward()
             total = total + 0.0 * next(self.expert.parameters()).sum()
@@ -244,6 +258,19 @@ class KIPolicy(nn.Module):
         else:
             logits, targets = self.refer_head(hidden), referred_token_labels(owners, batch.image_refs[rows])
         return self._batch_mean(batch, name, token_cross_entropy_per_example(logits, targets))
+
+    def _where_loss(self, batch: KIBatch, out: BackboneOutput) -> Tensor:
+        """Squared error of the position head's object centres [B', N, 2] (token units), summed over
+        (column, row), mean over the tokens that own an object, then `_batch_mean`."""
+        c = self.config
+        if c.vision_layer not in out.image_hidden:
+            raise ValueError("where loss: this backbone does not expose its image tokens")
+        rows = (batch.loss_mask["where"] & batch.image_mask).nonzero().flatten()
+        owners, offsets = object_tokens(batch.image_labels[rows], c.vision_labels, c.backbone.patch_size)
+        predicted = self.where_head(out.image_hidden[c.vision_layer][rows]).float()  # [B', N, 2]
+        owned = (owners > 0).float()
+        error = (predicted - offsets).pow(2).sum(-1)  # [B', N]
+        return self._batch_mean(batch, "where", (error * owned).sum(-1) / owned.sum(-1).clamp(min=1))
 
     def _naming_loss(self, hidden: Tensor, owners: Tensor) -> Tensor:
         """[B'] mean over the tokens that own a class of the CE of the tied LM head against the

@@ -3,7 +3,10 @@
 The world knows what it draws at every pixel (`Renderer.label_map`), so each image gives dense
 targets for free. The token whose patch holds an object's centroid must name the object's class
 (colour and shape; the gripper is a class too), every other token "nothing" (the `vision` loss);
-after a backbone layer, tokens must mark the objects the prompt refers to (the `refer` loss).
+after a backbone layer, tokens must mark the objects the prompt refers to (the `refer` loss);
+each object's token must say where on the table the object's centre lies (the `where` loss): the
+expert reads image tokens through attention, a weighted sum of their values, so a position it can
+act on has to be written into the tokens' features, linearly and finer than the token grid.
 This teaches the image pathway to see, and to bind words to regions, before the language loss has
 to discover either (the way PaliGemma's vision encoder was trained before its language model saw
 it; PaliGemma's pretraining mix also has referring tasks). See docs/learning.md.
@@ -20,6 +23,12 @@ def object_token_labels(labels: Tensor, num_labels: int, patch_size: int) -> Ten
     """uint8 / long [B, S, S] pixel labels -> long [B, (S/p)^2]: each class that appears in an image
     is assigned to the one token whose patch holds the centroid of its pixels; other tokens are 0.
     One token per object: the image tokens become object slots (counting, comparing positions)."""
+    return object_tokens(labels, num_labels, patch_size)[0]
+
+
+def object_tokens(labels: Tensor, num_labels: int, patch_size: int) -> tuple[Tensor, Tensor]:
+    """`object_token_labels` [B, N], and the centre of each token's object float [B, N, 2]
+    ((column, row) in token units from the image centre, in [-g/2, g/2]; 0 where a token owns nothing)."""
     b, s, _ = labels.shape
     g = s // patch_size
     one_hot = F.one_hot(labels.long(), num_labels).float()[..., 1:]  # [B, S, S, C-1]
@@ -34,7 +43,10 @@ def object_token_labels(labels: Tensor, num_labels: int, patch_size: int) -> Ten
     # (the gripper is the last class) because scatter is applied in reverse order.
     token = torch.where(count > 0, token, g * g)
     out.scatter_(1, token.flip(1), classes.flip(1))
-    return out[:, : g * g]
+    owners = out[:, : g * g]
+    centre = torch.stack([col, row], -1)  # [B, C-1, 2] in token units
+    gathered = centre.gather(1, (owners - 1).clamp(min=0)[..., None].expand(-1, -1, 2))  # [B, N, 2]
+    return owners, (gathered - g / 2) * (owners > 0)[..., None]
 
 
 def referred_token_labels(token_labels: Tensor, refs: Tensor) -> Tensor:

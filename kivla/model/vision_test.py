@@ -10,7 +10,7 @@ from kivla.data.example import Example
 from kivla.model.conftest import robot_example
 from kivla.model.policy import KIPolicy
 from kivla.model.presets import recipe_config
-from kivla.model.vision import object_token_labels, referred_token_labels
+from kivla.model.vision import object_token_labels, object_tokens, referred_token_labels
 
 NUM_LABELS = 5
 
@@ -25,6 +25,17 @@ def test_each_object_owns_the_token_of_its_centroid():
     refs = torch.zeros(1, 2, 256, dtype=torch.bool)
     refs[0, 0, 1] = refs[0, 1, 3] = True  # first: class 1, second: class 3
     assert referred_token_labels(owners, refs).tolist() == [[2, 0, 0, 1]]
+
+
+def test_object_tokens_give_the_centre_of_their_object():
+    labels = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    labels[0, 2:, 1:4] = 1  # pixel centres: row 3.0, column 2.5 -> token units row 1.5, column 1.25
+    labels[0, 0, 0] = 2  # one pixel: centre (0.5, 0.5) px -> token units (0.25, 0.25)
+    owners, offsets = object_tokens(labels, NUM_LABELS, 2)
+    assert owners.tolist() == [[2, 0, 0, 1]]
+    assert torch.allclose(offsets[0, 3], torch.tensor([0.25, 0.5]))  # (column, row) - grid / 2
+    assert torch.allclose(offsets[0, 0], torch.tensor([-0.75, -0.75]))
+    assert offsets[0, 1:3].abs().sum() == 0  # tokens that own nothing
 
 
 def _labelled_example(rng, refs=((2,), ())) -> Example:
@@ -58,9 +69,25 @@ def test_vision_losses_train_the_backbone_and_not_the_expert(builder, config):
     assert all(p.grad is None for p in policy.backbone.layers[1].parameters())
 
 
-def test_flow_loss_stays_insulated_with_vision_heads(builder, config):
+def test_where_loss_trains_the_image_tokens_below_its_layer(builder, config):
+    rng = np.random.default_rng(4)
+    policy = _policy(config, where_weight=1.0, vision_layer=1)
+    out = policy(builder.collate([robot_example(rng), _labelled_example(rng)]),
+                 generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert policy.loss_names[-1] == "where" and out.parts["where"] > 0
+    policy.zero_grad(set_to_none=True)
+    out.parts["where"].backward()
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in policy.backbone.patch_embed.parameters()
+    )
+    assert all(p.grad is None for p in policy.expert.parameters())
+    assert all(p.grad is None for p in policy.backbone.layers[1].parameters())
+
+
+@pytest.mark.parametrize("where", [0.0, 1.0])
+def test_flow_loss_stays_insulated_with_vision_heads(builder, config, where):
     rng = np.random.default_rng(1)
-    policy = _policy(config)
+    policy = _policy(config, where_weight=where)
     out = policy(builder.collate([robot_example(rng), _labelled_example(rng)]),
                  generator=torch.Generator().manual_seed(0))  # fmt: skip
     policy.zero_grad(set_to_none=True)

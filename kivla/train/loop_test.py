@@ -125,3 +125,13 @@ def test_ema_warms_up_then_settles_to_its_decay():
     averaged = [torch.zeros(1)]
     update(averaged, current, torch.tensor(10_000))  # long after warmup: the configured decay
     assert averaged[0].item() == pytest.approx(0.01)
+
+
+def test_ema_copies_integer_buffers():
+    # Vocabulary ids (the words readout's label_token_ids) live beside the weights in the EMA.
+    from kivla.train.loop import ema_update
+
+    averaged, current = [torch.zeros(1), torch.tensor([1, 2])], [torch.ones(1), torch.tensor([7, 9])]
+    ema_update(0.99)(averaged, current, torch.tensor(1))
+    assert averaged[1].tolist() == [7, 9] and averaged[1].dtype == torch.int64
+    assert 0 < averaged[0].item() < 1

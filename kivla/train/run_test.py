@@ -89,3 +89,14 @@ def test_suffix_fits_the_longest_action_encoding(dataset, tmp_path):
     assert bundle.builder.max_suffix_len >= 20 * 4 + 2
     batches(0, 0, 0, 1, 8)
     assert bundle.builder.truncated == 0
+
+
+def test_dense_vision_losses_train_on_annotated_robot_frames(dataset, pretrained, tmp_path):
+    # Robot frames only: the naming and referring losses come from the world's annotations alone.
+    from kivla.train.mixture import MixtureConfig
+    from kivla.train.run import WORLD_VISION_LOSSES
+
+    config = run_config(dataset, tmp_path / "dense", init=pretrained, policy_overrides=WORLD_VISION_LOSSES,
+                        mixture=MixtureConfig(robot=1.0, caption=0, vqa=0, text=0))  # fmt: skip
+    out = train_policy(config, progress=False)
+    assert all(r["loss/vision"] > 0 and r["loss/refer"] > 0 and r["loss/lm"] == 0 for r in out.history)
