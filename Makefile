@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install install-real test test-all lint format demo bench clean
+.PHONY: install install-real install-metaworld test test-all lint format demo bench clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,14 @@ $(VENV)/.installed-real: $(VENV)/.installed
 	$(PY) -m pip install --quiet --no-deps $(REAL_PACKAGES)
 	@touch $@
 
+# Meta-World (MuJoCo) for `kivla metaworld generate` and `kivla eval --env metaworld`; `make test`
+# installs it so that the Meta-World tests run.
+install-metaworld: $(VENV)/.installed-metaworld
+
+$(VENV)/.installed-metaworld: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[dev,metaworld]"
+	@touch $@
+
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -40,7 +48,7 @@ format: install
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-test: install-real
+test: install-real install-metaworld
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -m "not slow" -n 2 $(PYTEST_ARGS)
 

@@ -14,6 +14,7 @@ import sys
 # Order is the order of `kivla --help`.
 COMMAND_MODULES = (
     "kivla.data.cli",
+    "kivla.data.metaworld_cli",
     "kivla.tokenizers.cli",
     "kivla.model.cli",
     "kivla.train.cli",

@@ -29,7 +29,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     who.add_argument("--oracle", action="store_true", help="the scripted expert (upper bound)")
     who.add_argument("--random", action="store_true", help="uniform random actions (lower bound)")
-    ev.add_argument("--episodes", type=int, default=40, help="episodes per split, spread over the families")
+    ev.add_argument(
+        "--env",
+        choices=("world", "metaworld"),
+        default="world",
+        help="the built-in world (default) or Meta-World (`--policy expert|random|PATH`; docs/metaworld.md)",
+    )
+    ev.add_argument(
+        "--episodes",
+        type=int,
+        help="world: episodes per split, spread over the families (default 40); metaworld: per task (10)",
+    )
     ev.add_argument("--split", choices=("train", "ood", "both"), default="both")
     ev.add_argument("--out", type=Path, help="output directory (default runs/eval/<policy name>)")
     ev.add_argument("--reference", type=Path, help="pretrained bundle: report language retention against it")
@@ -38,11 +48,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument(
         "--execute-steps", type=int, default=10, help="actions executed per chunk before replanning"
     )
-    ev.add_argument("--max-steps", type=int, default=200, help="episode step limit")
+    ev.add_argument("--max-steps", type=int, help="episode step limit (default: world 200, metaworld 500)")
     ev.add_argument("--videos", type=int, default=2, help="GIF rollouts saved per split")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--api-key", help="with --server: its API key (default: $KIVLA_API_KEY)")
     ev.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    from kivla.eval.metaworld_cli import add_arguments
+
+    add_arguments(ev)
     ev.set_defaults(func=run_eval)
 
 
@@ -52,6 +65,12 @@ def run_eval(args: argparse.Namespace) -> int:
     from kivla.eval.baselines import BundlePolicy, OraclePolicy, RandomPolicy
     from kivla.eval.rollout import EvalConfig, evaluate
 
+    if args.env == "metaworld":
+        from kivla.eval.metaworld_cli import run_metaworld_eval
+
+        return run_metaworld_eval(args)
+    args.episodes = 40 if args.episodes is None else args.episodes
+    args.max_steps = 200 if args.max_steps is None else args.max_steps
     if args.episodes < 1:
         raise ValueError(f"--episodes: expected >= 1, got {args.episodes}")
     if (args.reference is not None or args.data is not None) and args.policy is None:
