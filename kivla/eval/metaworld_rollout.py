@@ -30,7 +30,7 @@ from kivla.data.metaworld_env import (
     MetaWorldEnv,
 )
 from kivla.data.metaworld_tasks import DIFFICULTY, GROUP_OF, MT10, resolve_tasks
-from kivla.eval.rollout import Policy
+from kivla.eval.rollout import Policy, check_chunk
 from kivla.io import atomic_file, write_json, write_text
 
 EVAL_SEED = 1  # Meta-World benchmark seed of evaluation episodes (datasets default to 0)
@@ -138,23 +138,6 @@ def _row(name: str, group: str, r: dict[str, Any]) -> str:
     )
 
 
-def check_chunk(actions: np.ndarray, batch: int) -> np.ndarray:
-    """ValueError unless actions is a finite [batch, H >= 1, 4] array."""
-    actions = np.asarray(actions, dtype=np.float64)
-    if (
-        actions.ndim != 3
-        or actions.shape[0] != batch
-        or actions.shape[2] != ACTION_DIM
-        or actions.shape[1] < 1
-    ):
-        raise ValueError(
-            f"policy.act: expected actions [B={batch}, H, D={ACTION_DIM}], got shape {list(actions.shape)}"
-        )
-    if not np.isfinite(actions).all():
-        raise ValueError("policy.act: actions contain NaN or inf")
-    return actions
-
-
 def run_batch(
     policy: Policy, envs: list[MetaWorldEnv], indices: list[int], config: MetaWorldEvalConfig, record: bool
 ) -> tuple[list[tuple[bool, int]], list[np.ndarray]]:
@@ -175,7 +158,7 @@ def run_batch(
         }
         if needs_images:
             obs["image"] = np.stack([o["image"] for o in observations])
-        chunk = check_chunk(policy.act(obs), len(envs))
+        chunk = check_chunk(policy.act(obs), len(envs), ACTION_DIM)
         for k in range(min(config.execute_steps, chunk.shape[1])):
             for i, env in enumerate(envs):
                 if not env.done:

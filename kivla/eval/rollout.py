@@ -183,17 +183,17 @@ class FollowTracker:
         return best == task.direction and along[best] >= FOLLOW_PUSH_MIN
 
 
-def check_chunk(actions: np.ndarray, batch: int) -> np.ndarray:
-    """ValueError unless actions is a finite [batch, H >= 1, ACTION_DIM] array."""
+def check_chunk(actions: np.ndarray, batch: int, action_dim: int = ACTION_DIM) -> np.ndarray:
+    """ValueError unless actions is a finite [batch, H >= 1, action_dim] array (any env's policy)."""
     actions = np.asarray(actions, dtype=np.float64)
     if (
         actions.ndim != 3
         or actions.shape[0] != batch
-        or actions.shape[2] != ACTION_DIM
+        or actions.shape[2] != action_dim
         or actions.shape[1] < 1
     ):
         raise ValueError(
-            f"policy.act: expected actions [B={batch}, H, D={ACTION_DIM}], got shape {list(actions.shape)}"
+            f"policy.act: expected actions [B={batch}, H, D={action_dim}], got shape {list(actions.shape)}"
         )
     if not np.isfinite(actions).all():
         raise ValueError("policy.act: actions contain NaN or inf")
