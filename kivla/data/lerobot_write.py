@@ -191,6 +191,20 @@ class LeRobotWriter:
         self.rows, self.frames_in_file = [], 0
         self.file_counter += 1
 
+    def __enter__(self) -> LeRobotWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        """`finish()` when the block ends normally, `abort()` on any exception (interrupts too)."""
+        if exc_type is not None:
+            self.abort()
+            return
+        try:
+            self.finish()
+        except BaseException:
+            self.abort()
+            raise
+
     def finish(self) -> None:
         """Close the open files and write meta/ (info, stats, tasks, episodes)."""
         if not self.episodes:
@@ -270,6 +284,7 @@ class LeRobotWriter:
         }
 
     def abort(self) -> None:
+        """Close an open video file without writing meta/ (the dataset is not usable)."""
         if self._container is not None:
             self._container.close()
             self._container = None

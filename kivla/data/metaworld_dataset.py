@@ -15,6 +15,7 @@ from kivla.data.metaworld_env import (
     rollout_expert,
 )
 from kivla.data.metaworld_tasks import resolve_tasks
+from kivla.data.world_dataset import episode_progress
 from kivla.io import atomic_directory
 
 ROBOT_TYPE = "metaworld_sawyer"
@@ -41,14 +42,13 @@ def generate_metaworld_dataset(
     config = config or MetaWorldConfig()
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite)
-    bar = _progress(len(names) * episodes, progress)
+    bar = episode_progress(len(names) * episodes, progress)
     # An interruption (KeyboardInterrupt included) leaves nothing half-written behind.
     with atomic_directory(out_dir) as tmp:
-        writer = LeRobotWriter(
+        with LeRobotWriter(
             tmp, FPS, config.image_size, ACTION_NAMES, STATE_NAMES, video,
             robot_type=ROBOT_TYPE, video_codec=video_codec,
-        )  # fmt: skip
-        try:
+        ) as writer:  # fmt: skip
             for task in names:
                 env = MetaWorldEnv(task, config)
                 bar.set_postfix_str(task)
@@ -73,14 +73,4 @@ def generate_metaworld_dataset(
                 if index > episodes:
                     bar.write(f"{task}: dropped {index - episodes} episodes the expert failed")
             bar.close()
-            writer.finish()
-        except BaseException:
-            writer.abort()
-            raise
     return out_dir
-
-
-def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="episodes", unit="ep", disable=not enabled)

@@ -49,11 +49,10 @@ def generate_dataset(
     check_out_dir(out_dir, overwrite)
     # An interruption (KeyboardInterrupt included) leaves nothing half-written behind.
     with atomic_directory(out_dir) as tmp:
-        writer = LeRobotWriter(
+        with LeRobotWriter(
             tmp, FPS, image_size, ACTION_NAMES, STATE_NAMES, video, frames_per_file, video_codec=video_codec
-        )
-        try:
-            bar = _progress(episodes, progress)
+        ) as writer:
+            bar = episode_progress(episodes, progress)
             for index in range(episodes):
                 for attempt in range(MAX_ATTEMPTS):
                     episode = rollout_expert(env, episode_seed(seed, index, attempt))
@@ -72,14 +71,11 @@ def generate_dataset(
                 )
                 bar.update(1)
             bar.close()
-            writer.finish()
-        except BaseException:
-            writer.abort()
-            raise
     return out_dir
 
 
-def _progress(total: int, enabled: bool):
+def episode_progress(total: int, enabled: bool):
+    """A tqdm bar over the episodes a generator writes (silent when not `enabled`)."""
     from tqdm import tqdm
 
     return tqdm(total=total, desc="episodes", unit="ep", disable=not enabled)
