@@ -11,6 +11,10 @@ across the batch, and the error on the state dims (learnable only with `--state 
     python experiments/expert_reading.py --state token --steps 150
     python experiments/expert_reading.py --image-pos-std 0.1 --steps 150
     python experiments/expert_reading.py --spread      # per-layer spread of the image tokens' K/V
+    python experiments/expert_reading.py --token-rms 1.0 --image-pos-std 0.5 --pos sincos --steps 150
+    python experiments/expert_reading.py --flow-time 0 --steps 150   # train at pure noise only
+    python experiments/expert_reading.py --keypoints 16 --keypoint-layer 0 --steps 150
+    python experiments/expert_reading.py --keypoints 16 --state token --steps 150
 
 Appends one JSON line per report to runs/exp/expert_reading.jsonl.
 """
@@ -24,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from kivla.model.kibatch import KIBatch
 from kivla.model.policy import KIPolicy
@@ -56,14 +61,47 @@ def toy_batch(b: int, generator: torch.Generator) -> tuple[KIBatch, torch.Tensor
     return batch, centres
 
 
-def build(state: str, image_pos_std: float, seed: int) -> KIPolicy:
+def build(
+    state: str,
+    image_pos_std: float,
+    seed: int,
+    token_rms: float = 0.05,
+    pos: str = "normal",
+    keypoints: int = 0,
+    keypoint_layer: int = -1,
+) -> KIPolicy:
     torch.manual_seed(seed)
     config = SIZES["tiny"].policy_config(
         image_size=SIZE, vocab_size=64, horizon=HORIZON, action_dim=4, state_dim=5
     )
+    config = dataclasses.replace(
+        config, expert=dataclasses.replace(config.expert, keypoints=keypoints, keypoint_layer=keypoint_layer)
+    )
     policy = KIPolicy(RECIPES["frozen"].apply(config, state_input=state))
-    policy.backbone.image_pos.data *= image_pos_std / 0.02
+    policy.backbone.image_norm.weight.data.fill_(token_rms)
+    if pos == "sincos":
+        table = sincos_2d(8, policy.backbone.config.width)
+        policy.backbone.image_pos.data = table * image_pos_std / table.pow(2).mean().sqrt()
+    else:
+        policy.backbone.image_pos.data *= image_pos_std / 0.02
     return policy
+
+
+def sincos_2d(side: int, width: int, max_period: float = 10_000.0) -> Tensor:
+    """Fixed 2-D sine/cosine position features of a side×side token grid (row-major) -> [side², width]:
+    the first half of the channels encodes the row, the second the column (as in MAE)."""
+    if width % 4:
+        raise ValueError(f"width: must be a multiple of 4 for 2-D sincos features, got {width}")
+    quarter = width // 4
+    frequencies = max_period ** (-torch.arange(quarter, dtype=torch.float32) / quarter)
+    grid = torch.arange(side, dtype=torch.float32)
+    rows, cols = torch.meshgrid(grid, grid, indexing="ij")
+
+    def encode(coord: Tensor) -> Tensor:
+        angles = coord.reshape(-1, 1) * frequencies[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([encode(rows), encode(cols)], dim=1)
 
 
 @torch.no_grad()
@@ -99,9 +137,24 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--image-pos-std", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--flow-time", type=float, default=None, help="train at this flow time only (0: noise)"
+    )
+    parser.add_argument("--keypoints", type=int, default=0)
+    parser.add_argument("--keypoint-layer", type=int, default=-1)
+    parser.add_argument("--token-rms", type=float, default=0.05)
+    parser.add_argument("--pos", choices=("normal", "sincos"), default="normal")
     parser.add_argument("--spread", action="store_true", help="print the K/V spread per layer and stop")
     args = parser.parse_args()
-    policy = build(args.state, args.image_pos_std, args.seed)
+    policy = build(
+        args.state,
+        args.image_pos_std,
+        args.seed,
+        args.token_rms,
+        args.pos,
+        args.keypoints,
+        args.keypoint_layer,
+    )
     if args.spread:
         print(json.dumps(spread(policy)))
         return
@@ -111,7 +164,7 @@ def main() -> None:
     out = Path("runs/exp/expert_reading.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     for step in range(1, args.steps + 1):
-        loss = policy(toy_batch(32, generator)[0]).total
+        loss = policy(toy_batch(32, generator)[0], flow_time=args.flow_time).total
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

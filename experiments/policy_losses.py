@@ -7,6 +7,8 @@ how often the backbone marks the instruction's target on held-out robot frames.
         --init runs/demo/pretrain/checkpoints/step-000600 --steps 400 \
         --policy '{"vision_weight": 1.0, "vision_labels": 20, "vision_readout": "words",
                    "refer_weight": 1.0, "refer_layer": 1}'
+    # the fifth round's runs add, for example: "state_input": "token",
+    #     "expert": {"keypoints": 16, "keypoint_layer": 0}
 
 Appends one JSON line to runs/exp/policy_results.jsonl.
 """

@@ -54,9 +54,12 @@ class BackboneOutput:
 class Backbone(nn.Module):
     """Interface every backbone implements (built-in tiny VLM, HF adapters).
 
-    Attributes the expert needs: `num_layers`, `num_kv_heads`, `head_dim`, `vocab_size`, `rope_theta`.
+    Attributes the expert needs: `num_layers`, `num_kv_heads`, `head_dim`, `vocab_size`, `rope_theta`;
+    `image_grid`: tokens per side when the prefix starts with a square grid of image tokens in
+    row-major order (None otherwise; the expert's keypoints need it).
     """
 
+    image_grid: int | None = None
     num_layers: int
     num_kv_heads: int
     head_dim: int
@@ -137,6 +140,7 @@ class TinyVLM(Backbone):
         c = config
         self.num_layers, self.num_kv_heads, self.head_dim = c.depth, c.num_kv_heads, c.head_dim
         self.vocab_size, self.rope_theta = c.vocab_size, c.rope_theta
+        self.image_grid = c.image_size // c.patch_size
         self.patch_embed = image_stem(c)
         self.image_norm = None
         if c.image_token_rms is not None:

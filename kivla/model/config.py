@@ -129,10 +129,17 @@ class ExpertConfig:
     action_dim: int = 7  # D
     state_dim: int = 8  # used when the state enters as a token
     time_embedding_dim: int = 128
+    # Spatial-softmax keypoints over the image tokens' values of backbone layer `keypoint_layer`
+    # (negative: from the last), given to the expert as one more token (kivla.model.keypoints);
+    # 0: the expert reads the image through attention only.
+    keypoints: int = 0
+    keypoint_layer: int = -1
 
     def __post_init__(self) -> None:
         if self.num_heads is not None:
             _positive("ExpertConfig", num_heads=self.num_heads)
+        if self.keypoints < 0:
+            raise ValueError(f"ExpertConfig.keypoints: expected >= 0, got {self.keypoints}")
         _positive(
             "ExpertConfig",
             width=self.width,

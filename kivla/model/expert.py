@@ -2,7 +2,8 @@
 
 In layer i, the expert's queries attend over [backbone prefix K/V of layer i ; expert K/V of layer
 i] (shared attention, separate weights). Flow time t enters through adaptive RMSNorm (pi0.5). The
-expert's tokens are the H noisy action steps, optionally preceded by one state token.
+expert's tokens are the H noisy action steps, optionally preceded by one state token and one token
+of spatial-softmax keypoints over the image (kivla.model.keypoints).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 
 from kivla.model.backbone import Backbone, PrefixCache
 from kivla.model.config import ExpertConfig
+from kivla.model.keypoints import SpatialKeypoints
 from kivla.model.layers import QKVProjection, SwiGLU, ada_rms_norm, additive_mask, attend, rope_tables
 from kivla.model.masks import expert_attention_mask
 
@@ -79,6 +81,21 @@ class ActionExpert(nn.Module):
             nn.Linear(c.time_embedding_dim, c.width), nn.SiLU(), nn.Linear(c.width, c.width), nn.SiLU()
         )
         self.state_in = nn.Linear(c.state_dim, c.width) if state_token else None
+        self.keypoints = self.keypoints_in = None
+        if c.keypoints:
+            if backbone.image_grid is None:
+                raise ValueError(
+                    f"ExpertConfig.keypoints: needs a backbone whose prefix starts with a square grid of "
+                    f"image tokens; {type(backbone).__name__} has none (use keypoints=0)"
+                )
+            if not -backbone.num_layers <= c.keypoint_layer < backbone.num_layers:
+                raise ValueError(
+                    f"ExpertConfig.keypoint_layer: expected in [-{backbone.num_layers}, "
+                    f"{backbone.num_layers - 1}], got {c.keypoint_layer}"
+                )
+            value_dim = backbone.num_kv_heads * backbone.head_dim
+            self.keypoints = SpatialKeypoints(c.keypoints, value_dim, backbone.image_grid)
+            self.keypoints_in = nn.Linear(2 * c.keypoints, c.width)
         self.layers = nn.ModuleList(
             ExpertLayer(c, backbone.num_kv_heads, backbone.head_dim) for _ in range(backbone.num_layers)
         )
@@ -97,7 +114,7 @@ class ActionExpert(nn.Module):
     def context(self, cache: PrefixCache, num_actions: int, dtype: torch.dtype) -> ExpertContext:
         """Mask and RoPE tables of the expert tokens; they depend on the prefix only, so sampling
         builds them once for all Euler steps."""
-        num_expert = num_actions + (1 if self.state_in is not None else 0)
+        num_expert = num_actions + (self.state_in is not None) + (self.keypoints is not None)
         mask = additive_mask(expert_attention_mask(cache.valid, num_expert), dtype)
         # Expert positions continue after the valid prefix; the suffix never enters this stream.
         start = cache.valid.long().sum(dim=1, keepdim=True)
@@ -123,6 +140,9 @@ class ActionExpert(nn.Module):
             if state is None:
                 raise ValueError("state: required when the state enters as an expert token")
             x = torch.cat([self.state_in(state)[:, None], x], dim=1)
+        if self.keypoints is not None:  # [B, K, 2] -> one token in front
+            points = self.keypoints(cache.values[self.config.keypoint_layer], cache.valid)
+            x = torch.cat([self.keypoints_in(points.flatten(1).to(x.dtype))[:, None], x], dim=1)
         modulation = self.modulation(cond).view(x.shape[0], self.num_norms, -1)
         for i, (layer, k, v) in enumerate(zip(self.layers, cache.keys, cache.values, strict=True)):
             x = layer(x, modulation[:, 2 * i : 2 * i + 2], context.rope, k, v, context.mask)

@@ -1,0 +1,43 @@
+"""Spatial-softmax keypoints: where on the image the expert looks, as coordinates it can act on.
+
+The expert reads the backbone through attention, a weighted sum of values; a position it must act
+on (an absolute target xy) is then only as readable as the values' position features, and
+attention that starts uniform over the image learns to single out one object slowly
+(docs/learning.md, fifth round). A spatial softmax (Levine et al., 2016) turns that search into
+coordinates: each of K keypoints scores every image token from its (detached) values at one backbone
+layer, and returns the softmax-weighted mean of the token grid's (x, y). The gradient of a loss on
+those coordinates pulls the score of the right token up at every step, whatever the rest of the
+expert has learned yet. The module belongs to the expert: it reads the same K/V the expert reads
+(detached under knowledge insulation) and no backbone parameter sees its gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+
+class SpatialKeypoints(nn.Module):
+    """Prefix values of the image tokens [B, kv, Np, hd] -> keypoints [B, K, 2] in [-1, 1] (x, y)."""
+
+    def __init__(self, num_keypoints: int, value_dim: int, grid: int) -> None:
+        super().__init__()
+        self.grid = grid
+        self.score = nn.Linear(value_dim, num_keypoints)
+        nn.init.zeros_(self.score.weight)  # uniform attention at the start: every keypoint at the centre
+        nn.init.zeros_(self.score.bias)
+        centres = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid * 2 - 1
+        ys, xs = torch.meshgrid(centres, centres, indexing="ij")  # row-major, as the image tokens
+        self.register_buffer("coords", torch.stack([xs.flatten(), ys.flatten()], dim=-1), persistent=False)
+
+    def forward(self, values: Tensor, valid: Tensor) -> Tensor:
+        """values [B, kv, Np, hd] (image tokens first), valid bool [B, Np] -> [B, K, 2]; examples
+        without an image get keypoints at the centre (0, 0)."""
+        n = self.grid * self.grid
+        features = rearrange(values[:, :, :n], "b h n d -> b n (h d)")
+        scores = self.score(features).transpose(1, 2)  # [B, K, n]
+        image = valid[:, :n]  # [B, n]
+        scores = scores.masked_fill(~image[:, None], float("-inf"))
+        weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows without an image: all zero
+        return weights @ self.coords.to(weights.dtype)

@@ -1,0 +1,123 @@
+"""Spatial-softmax keypoints: coordinates of the scored token, no image -> centre, insulation kept."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from kivla.model.conftest import robot_example, vqa_example
+from kivla.model.keypoints import SpatialKeypoints
+from kivla.model.policy import KIPolicy
+from kivla.model.presets import recipe_config
+
+
+def with_keypoints(config, k: int = 3, layer: int = -1):
+    return dataclasses.replace(
+        config, expert=dataclasses.replace(config.expert, keypoints=k, keypoint_layer=layer)
+    )
+
+
+def test_keypoints_start_at_the_centre_and_find_a_scored_token():
+    module = SpatialKeypoints(2, value_dim=4, grid=4)
+    values = torch.zeros(1, 2, 16 + 3, 2)  # [B, kv, Np = 16 image tokens + 3 text, hd]
+    valid = torch.ones(1, 19, dtype=torch.bool)
+    assert torch.allclose(module(values, valid), torch.zeros(1, 2, 2))
+    values[0, 0, 6, 0] = 1.0  # token 6 = row 1, column 2 of the 4x4 grid
+    with torch.no_grad():
+        module.score.weight[0, 0] = 50.0
+    points = module(values, valid)
+    assert torch.allclose(points[0, 0], torch.tensor([0.25, -0.25]), atol=1e-4)  # (x, y) centres in [-1, 1]
+    assert torch.allclose(points[0, 1], torch.zeros(2))
+
+
+def test_examples_without_an_image_get_the_centre():
+    module = SpatialKeypoints(2, value_dim=2, grid=2)
+    values = torch.randn(2, 1, 4 + 2, 2)
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    valid[1, :4] = False
+    with torch.no_grad():
+        module.score.weight.normal_()
+    points = module(values, valid)
+    assert torch.isfinite(points).all() and torch.equal(points[1], torch.zeros(2, 2))
+
+
+def test_insulated_flow_loss_with_keypoints_leaves_the_backbone_untouched(builder, config):
+    torch.manual_seed(0)
+    policy = KIPolicy(recipe_config("ki", with_keypoints(config)))
+    rng = np.random.default_rng(0)
+    batch = builder.collate(
+        [robot_example(rng), robot_example(rng, "push the blue square"), vqa_example(rng)]
+    )
+    out = policy(batch, generator=torch.Generator().manual_seed(0))
+    policy.zero_grad(set_to_none=True)
+    out.parts["flow"].backward()
+    grads = {n: p.grad for n, p in policy.named_parameters()}
+    assert all(
+        g is None or torch.count_nonzero(g) == 0 for n, g in grads.items() if n.startswith("backbone.")
+    )
+    assert grads["expert.keypoints.score.weight"].abs().sum() > 0
+    cached = policy.sample_actions(batch, generator=torch.Generator().manual_seed(1))
+    uncached = policy.sample_actions(batch, use_cache=False, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(cached, uncached, atol=1e-5)
+
+
+def test_keypoint_settings_are_checked(config):
+    with pytest.raises(ValueError, match=r"ExpertConfig\.keypoints"):
+        with_keypoints(config, k=-1)
+    with pytest.raises(ValueError, match=r"ExpertConfig\.keypoint_layer"):
+        KIPolicy(recipe_config("ki", with_keypoints(config, layer=config.backbone.depth)))
+
+
+def test_recipe_overrides_set_expert_fields_from_a_dict(config):
+    policy_config = recipe_config("ki", config, expert={"keypoints": 4})
+    assert policy_config.expert.keypoints == 4 and policy_config.expert.width == config.expert.width
+
+
+def _square_batch(b: int, generator: torch.Generator):
+    """16 px black images with one white 4x4 square in a random cell of the 4x4 token grid; the
+    target chunk holds that cell's centre (x, y) in [-1, 1] at every step."""
+    from kivla.model.kibatch import KIBatch
+
+    cells = torch.randint(0, 4, (b, 2), generator=generator)  # (column, row)
+    images = torch.zeros(b, 3, 16, 16)
+    for i, (col, row) in enumerate(cells.tolist()):
+        images[i, :, 4 * row : 4 * row + 4, 4 * col : 4 * col + 4] = 1.0
+    target = (cells.float() + 0.5) / 4 * 2 - 1  # [b, 2]
+    ids = torch.arange(3).repeat(b, 1) + 2
+    batch = KIBatch(
+        images=images, image_mask=torch.ones(b, dtype=torch.bool), prefix_ids=ids,
+        prefix_mask=torch.ones(b, 3, dtype=torch.bool), suffix_ids=ids[:, :0], suffix_mask=ids[:, :0].bool(),
+        state=torch.zeros(b, 2), actions=target[:, None].expand(b, 4, 2).contiguous(),
+        action_is_pad=torch.zeros(b, 4, dtype=torch.bool),
+        loss_mask={k: torch.full((b,), k == "flow") for k in ("flow", "fast", "lm")},
+    )  # fmt: skip
+    return batch, target
+
+
+def test_keypoints_let_the_expert_act_on_where_an_object_is():
+    """The guard of the reading path: with a frozen random backbone, an expert with keypoints learns
+    in 150 steps to put its chunk where the square is; rolled images give the error of ignoring them."""
+    from kivla.model.presets import SIZES
+
+    torch.manual_seed(0)
+    arch = SIZES["test"].policy_config(image_size=16, vocab_size=16, horizon=4, action_dim=2, state_dim=2,
+                                       tokens_per_side=4)  # fmt: skip
+    policy = KIPolicy(recipe_config("frozen", arch, expert={"keypoints": 4, "keypoint_layer": 0}))
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=3e-3)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(150):
+        loss = policy(_square_batch(32, generator)[0], generator=generator).total
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    val, target = _square_batch(64, torch.Generator().manual_seed(2))
+    policy.eval()
+    rolled = dataclasses.replace(val, images=val.images.roll(1, 0))
+
+    def error(batch) -> float:
+        chunk = policy.sample_actions(batch, generator=torch.Generator().manual_seed(3))
+        return float((chunk.mean(1) - target).abs().mean())
+
+    seen, ignored = error(val), error(rolled)
+    assert seen < 0.5 * ignored, (seen, ignored)
