@@ -134,6 +134,7 @@ class ExpertConfig:
     # 0: the expert reads the image through attention only.
     keypoints: int = 0
     keypoint_layer: int = -1
+    keypoints_follow_prompt: bool = False  # scores also depend on the prompt (SpatialKeypoints)
 
     def __post_init__(self) -> None:
         if self.num_heads is not None:

@@ -94,7 +94,8 @@ class ActionExpert(nn.Module):
                     f"{backbone.num_layers - 1}], got {c.keypoint_layer}"
                 )
             value_dim = backbone.num_kv_heads * backbone.head_dim
-            self.keypoints = SpatialKeypoints(c.keypoints, value_dim, backbone.image_grid)
+            self.keypoints = SpatialKeypoints(c.keypoints, value_dim, backbone.image_grid,
+                                              conditioned=c.keypoints_follow_prompt)  # fmt: skip
             self.keypoints_in = nn.Linear(2 * c.keypoints, c.width)
         self.layers = nn.ModuleList(
             ExpertLayer(c, backbone.num_kv_heads, backbone.head_dim) for _ in range(backbone.num_layers)

@@ -121,3 +121,18 @@ def test_keypoints_let_the_expert_act_on_where_an_object_is():
 
     seen, ignored = error(val), error(rolled)
     assert seen < 0.5 * ignored, (seen, ignored)
+
+
+def test_prompt_conditioned_keypoints_move_with_the_prompt():
+    module = SpatialKeypoints(2, value_dim=4, grid=2, conditioned=True, key_dim=4)
+    values = torch.randn(2, 1, 4 + 3, 4)  # 4 image tokens, 3 prompt tokens
+    valid = torch.ones(2, 7, dtype=torch.bool)
+    assert torch.allclose(module(values, valid), torch.zeros(2, 2, 2))  # the prompt term starts at zero
+    with torch.no_grad():
+        module.prompt_query.weight.normal_()
+    base = module(values, valid)
+    other = values.clone()
+    other[:, :, 4:] = torch.randn(2, 1, 3, 4)  # same image, another prompt
+    assert not torch.allclose(module(other, valid), base)
+    base.sum().backward()
+    assert module.token_key.weight.grad.abs().sum() > 0
