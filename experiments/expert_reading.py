@@ -74,10 +74,8 @@ def build(
     config = SIZES["tiny"].policy_config(
         image_size=SIZE, vocab_size=64, horizon=HORIZON, action_dim=4, state_dim=5
     )
-    config = dataclasses.replace(
-        config, expert=dataclasses.replace(config.expert, keypoints=keypoints, keypoint_layer=keypoint_layer)
-    )
-    policy = KIPolicy(RECIPES["frozen"].apply(config, state_input=state))
+    expert = {"keypoints": keypoints, "keypoint_layer": keypoint_layer}
+    policy = KIPolicy(RECIPES["frozen"].apply(config, state_input=state, expert=expert))
     policy.backbone.image_norm.weight.data.fill_(token_rms)
     if pos == "sincos":
         table = sincos_2d(8, policy.backbone.config.width)

@@ -34,6 +34,7 @@ def time_embedding(t: Tensor, dim: int, min_period: float = 4e-3, max_period: fl
 class ExpertContext:
     mask: Tensor  # additive [B, 1, E, Np + E]
     rope: tuple[Tensor, Tensor]  # cos, sin [B, 1, E, head_dim / 2]
+    keypoint_token: Tensor | None = None  # [B, 1, W] when the expert has keypoints
 
 
 class ExpertLayer(nn.Module):
@@ -113,14 +114,19 @@ class ActionExpert(nn.Module):
         self.head_dim, self.rope_theta = backbone.head_dim, backbone.rope_theta
 
     def context(self, cache: PrefixCache, num_actions: int, dtype: torch.dtype) -> ExpertContext:
-        """Mask and RoPE tables of the expert tokens; they depend on the prefix only, so sampling
-        builds them once for all Euler steps."""
+        """Mask and RoPE tables of the expert tokens, and the keypoint token; they depend on the
+        prefix only, so sampling builds them once for all Euler steps."""
         num_expert = num_actions + (self.state_in is not None) + (self.keypoints is not None)
         mask = additive_mask(expert_attention_mask(cache.valid, num_expert), dtype)
         # Expert positions continue after the valid prefix; the suffix never enters this stream.
         start = cache.valid.long().sum(dim=1, keepdim=True)
         positions = start + torch.arange(num_expert, device=cache.valid.device)[None]
-        return ExpertContext(mask, rope_tables(positions, self.head_dim, self.rope_theta, dtype))
+        keypoint_token = None
+        if self.keypoints is not None:  # [B, K, 2] -> one token in front of the others
+            points = self.keypoints(cache.values[self.config.keypoint_layer], cache.valid)
+            keypoint_token = self.keypoints_in(points.flatten(1).to(dtype))[:, None]
+        rope = rope_tables(positions, self.head_dim, self.rope_theta, dtype)
+        return ExpertContext(mask, rope, keypoint_token)
 
     def forward(
         self,
@@ -141,9 +147,8 @@ class ActionExpert(nn.Module):
             if state is None:
                 raise ValueError("state: required when the state enters as an expert token")
             x = torch.cat([self.state_in(state)[:, None], x], dim=1)
-        if self.keypoints is not None:  # [B, K, 2] -> one token in front
-            points = self.keypoints(cache.values[self.config.keypoint_layer], cache.valid)
-            x = torch.cat([self.keypoints_in(points.flatten(1).to(x.dtype))[:, None], x], dim=1)
+        if context.keypoint_token is not None:
+            x = torch.cat([context.keypoint_token.to(x.dtype), x], dim=1)
         modulation = self.modulation(cond).view(x.shape[0], self.num_norms, -1)
         for i, (layer, k, v) in enumerate(zip(self.layers, cache.keys, cache.values, strict=True)):
             x = layer(x, modulation[:, 2 * i : 2 * i + 2], context.rope, k, v, context.mask)

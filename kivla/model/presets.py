@@ -48,12 +48,12 @@ class Recipe:
 
     def apply(self, base: KIPolicyConfig | None = None, **overrides: Any) -> KIPolicyConfig:
         """`base` (default architecture when None) under this recipe, then `overrides`; an
-        override of `expert` or `backbone` given as a dict sets those fields of the base's config
-        (`{"expert": {"keypoints": 16}}`, as a JSON command line gives it)."""
+        `expert` override given as a dict sets those fields of the base's ExpertConfig
+        (`{"expert": {"keypoints": 16}}`, as a JSON command line gives it; backbone fields have
+        `backbone_overrides` in `kivla.model.assemble.policy_config`)."""
         base = base or KIPolicyConfig()
-        for name in ("expert", "backbone"):
-            if isinstance(overrides.get(name), dict):
-                overrides = {**overrides, name: dataclasses.replace(getattr(base, name), **overrides[name])}
+        if isinstance(overrides.get("expert"), dict):
+            overrides = {**overrides, "expert": dataclasses.replace(base.expert, **overrides["expert"])}
         return dataclasses.replace(base, **{**self.fields(), **overrides})
 
 
@@ -101,8 +101,6 @@ class Size:
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_token_rms: float | None = None
-    keypoints: int = 0  # the expert's spatial-softmax keypoints (ExpertConfig.keypoints)
-    keypoint_layer: int = -1
 
     def __post_init__(self) -> None:
         if self.tokens_per_side < 1:
@@ -129,8 +127,7 @@ class Size:
         expert = ExpertConfig(
             width=self.expert_width, num_heads=self.expert_heads, mlp_hidden=self.expert_mlp_hidden,
             horizon=horizon, action_dim=action_dim, state_dim=state_dim,
-            time_embedding_dim=self.time_embedding_dim, keypoints=self.keypoints,
-            keypoint_layer=self.keypoint_layer,
+            time_embedding_dim=self.time_embedding_dim,
         )  # fmt: skip
         return KIPolicyConfig(backbone=backbone, expert=expert)
 
