@@ -31,7 +31,7 @@ from kivla.eval.baselines import BundlePolicy
 from kivla.eval.rollout import EvalConfig, evaluate
 from kivla.eval.validation import ValidationConfig, flow_validation
 from kivla.model.bundle import PolicyBundle
-from kivla.model.vision import object_token_labels, referred_token_labels
+from kivla.model.vision import object_token_labels, object_tokens, referred_token_labels
 from kivla.train.config import TrainConfig
 from kivla.train.mixture import MixtureConfig
 from kivla.train.run import RunConfig, train_policy
@@ -59,6 +59,33 @@ def target_marking(bundle: PolicyBundle, val: Path, frames: int = 256) -> dict[s
     hit = truth.gather(1, logits[..., 1].argmax(-1, keepdim=True)).squeeze(1) == 1
     return {"target_token_accuracy": float(hit[has].float().mean()), "frames": int(has.sum()),
             "chance": 1.0 / truth.shape[1]}  # fmt: skip
+
+
+@torch.no_grad()
+def keypoint_tracking(bundle: PolicyBundle, val: Path, frames: int = 256) -> dict[str, float] | None:
+    """Where the expert's keypoint 0 lies on held-out robot frames: how often its largest softmax
+    weight is on the target's own image token, and the median xy distance (world units) between
+    its coordinates and the target's centre; None without keypoints."""
+    policy, c = bundle.policy, bundle.policy.config
+    keypoints = policy.expert.keypoints
+    if keypoints is None:
+        return None
+    dataset = LeRobotDataset(val, horizon=c.expert.horizon)
+    sampler = MixtureSampler(dataset, {"robot": 1.0}, normalizer=bundle.normalizer)
+    rows = torch.linspace(0, len(dataset) - 1, frames).long().tolist()
+    batch = bundle.builder.collate([sampler.robot_example(r) for r in rows])
+    policy.eval()
+    cache = policy.backbone(batch.images, batch.image_mask, batch.prefix_ids, batch.prefix_mask).cache
+    weights = keypoints.weights(cache.values[c.expert.keypoint_layer], cache.valid)[:, 0].float()  # [B, n]
+    owners, centres = object_tokens(batch.image_labels, c.vision_labels, c.backbone.patch_size)
+    target = referred_token_labels(owners, batch.image_refs) == 1  # [B, n]
+    has = target.any(-1)
+    hit = target.gather(1, weights.argmax(-1, keepdim=True)).squeeze(1)
+    point = keypoints.points(weights[:, None])[:, 0]  # [B, 2] in [-1, 1]
+    truth = (centres * target[..., None]).sum(1) / (keypoints.grid / 2)
+    error = ((point - truth).norm(dim=-1) / 2)[has]  # [-1, 1] spans the table: world units / 2
+    return {"target_token_accuracy": float(hit[has].float().mean()), "frames": int(has.sum()),
+            "median_xy_error": float(error.median()), "chance": 1.0 / target.shape[1]}  # fmt: skip
 
 
 @torch.no_grad()
@@ -139,6 +166,7 @@ def main() -> None:
     if args.only_probe is not None:  # a quick look at a checkpoint, nothing recorded
         bundle = PolicyBundle.load(args.only_probe)
         print("grasp points", grasp_points(bundle, args.val), "marking", target_marking(bundle, args.val))
+        print("keypoint 0", keypoint_tracking(bundle, args.val))
         print("sensitivity", sensitivity(bundle, args.val))
         return
     out = Path("runs/exp/policy") / args.name
@@ -163,6 +191,7 @@ def main() -> None:
         "closed_loop": closed,
         "flow_validation": flow_validation(bundle, args.val, ValidationConfig(num_frames=256)),
         "marking": target_marking(bundle, args.val),
+        "keypoint_tracking": keypoint_tracking(bundle, args.val),
         "grasp_points": grasp_points(bundle, args.val),
         "sensitivity": sensitivity(bundle, args.val),
     }
@@ -175,6 +204,7 @@ def main() -> None:
         )
         print(f"{split}: success {s['success_rate']:.1%} follow {s['follow_rate']:.1%} ({fams})")
     print("flow val", record["flow_validation"], "marking", record["marking"])
+    print("keypoint 0", record["keypoint_tracking"])
     print("grasp points", record["grasp_points"], "sensitivity", record["sensitivity"])
 
 

@@ -135,12 +135,20 @@ class ExpertConfig:
     keypoints: int = 0
     keypoint_layer: int = -1
     keypoints_follow_prompt: bool = False  # scores also depend on the prompt (SpatialKeypoints)
+    # How the keypoints enter: "token", one more expert token the others must attend to; "norm",
+    # added to the flow-time conditioning of every adaptive norm (FiLM, as diffusion policy
+    # conditions on its observation features), so every action token sees them in every layer.
+    keypoint_input: str = "token"
 
     def __post_init__(self) -> None:
         if self.num_heads is not None:
             _positive("ExpertConfig", num_heads=self.num_heads)
         if self.keypoints < 0:
             raise ValueError(f"ExpertConfig.keypoints: expected >= 0, got {self.keypoints}")
+        if self.keypoint_input not in ("token", "norm"):
+            raise ValueError(
+                f"ExpertConfig.keypoint_input: expected 'token' or 'norm', got {self.keypoint_input!r}"
+            )
         _positive(
             "ExpertConfig",
             width=self.width,
@@ -185,6 +193,11 @@ class KIPolicyConfig:
     # (in token units), so that the expert, which reads tokens through attention, finds a position
     # finer than the token grid in their features. 0: no position head.
     where_weight: float = 0.0
+    # Keypoint supervision: the expert's keypoint 0 puts its spatial softmax on the token of the
+    # object the instruction names first (keypoint 1: the second, e.g. a place-on destination) and
+    # its coordinates on that object's centre. Needs the world's labels; trains the expert's
+    # keypoint scores only (they read the insulated K/V), never the backbone.
+    keypoint_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.backbone, BackboneConfig):
@@ -198,6 +211,7 @@ class KIPolicyConfig:
             "vision_weight",
             "refer_weight",
             "where_weight",
+            "keypoint_weight",
         ):
             value = getattr(self, name)
             if not value >= 0:  # also rejects NaN
@@ -229,6 +243,12 @@ class KIPolicyConfig:
                 "KIPolicyConfig.vision_labels: expected >= 2 when vision_weight, refer_weight or "
                 "where_weight > 0, "
                 f"got {self.vision_labels}"
+            )
+        if self.keypoint_weight > 0 and (self.expert.keypoints < 2 or self.vision_labels < 2):
+            raise ValueError(
+                "KIPolicyConfig.keypoint_weight: needs expert.keypoints >= 2 (target and destination) "
+                f"and vision_labels >= 2, got keypoints={self.expert.keypoints}, "
+                f"vision_labels={self.vision_labels}"
             )
         if self.vision_readout not in ("head", "words"):
             raise ValueError(

@@ -3,7 +3,8 @@
 In layer i, the expert's queries attend over [backbone prefix K/V of layer i ; expert K/V of layer
 i] (shared attention, separate weights). Flow time t enters through adaptive RMSNorm (pi0.5). The
 expert's tokens are the H noisy action steps, optionally preceded by one state token and one token
-of spatial-softmax keypoints over the image (kivla.model.keypoints).
+of spatial-softmax keypoints over the image (kivla.model.keypoints; or the keypoints join the flow
+time in the adaptive norms).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def time_embedding(t: Tensor, dim: int, min_period: float = 4e-3, max_period: fl
 class ExpertContext:
     mask: Tensor  # additive [B, 1, E, Np + E]
     rope: tuple[Tensor, Tensor]  # cos, sin [B, 1, E, head_dim / 2]
-    keypoint_token: Tensor | None = None  # [B, 1, W] when the expert has keypoints
+    keypoint_token: Tensor | None = None  # [B, 1, W] when keypoints enter as a token
+    keypoint_cond: Tensor | None = None  # [B, W] when they enter the adaptive norms
 
 
 class ExpertLayer(nn.Module):
@@ -97,7 +99,11 @@ class ActionExpert(nn.Module):
             value_dim = backbone.num_kv_heads * backbone.head_dim
             self.keypoints = SpatialKeypoints(c.keypoints, value_dim, backbone.image_grid,
                                               conditioned=c.keypoints_follow_prompt)  # fmt: skip
-            self.keypoints_in = nn.Linear(2 * c.keypoints, c.width)
+            if c.keypoint_input == "token":
+                self.keypoints_in = nn.Linear(2 * c.keypoints, c.width)
+            else:  # added to the time conditioning, which ends in a SiLU as well
+                self.keypoints_in = nn.Sequential(nn.Linear(2 * c.keypoints, c.width), nn.SiLU(),
+                                                  nn.Linear(c.width, c.width), nn.SiLU())  # fmt: skip
         self.layers = nn.ModuleList(
             ExpertLayer(c, backbone.num_kv_heads, backbone.head_dim) for _ in range(backbone.num_layers)
         )
@@ -116,17 +122,19 @@ class ActionExpert(nn.Module):
     def context(self, cache: PrefixCache, num_actions: int, dtype: torch.dtype) -> ExpertContext:
         """Mask and RoPE tables of the expert tokens, and the keypoint token; they depend on the
         prefix only, so sampling builds them once for all Euler steps."""
-        num_expert = num_actions + (self.state_in is not None) + (self.keypoints is not None)
+        as_token = self.keypoints is not None and self.config.keypoint_input == "token"
+        num_expert = num_actions + (self.state_in is not None) + as_token
         mask = additive_mask(expert_attention_mask(cache.valid, num_expert), dtype)
         # Expert positions continue after the valid prefix; the suffix never enters this stream.
         start = cache.valid.long().sum(dim=1, keepdim=True)
         positions = start + torch.arange(num_expert, device=cache.valid.device)[None]
-        keypoint_token = None
-        if self.keypoints is not None:  # [B, K, 2] -> one token in front of the others
+        keypoint_token = keypoint_cond = None
+        if self.keypoints is not None:  # [B, K, 2] -> one token in front of the others, or FiLM
             points = self.keypoints(cache.values[self.config.keypoint_layer], cache.valid)
-            keypoint_token = self.keypoints_in(points.flatten(1).to(dtype))[:, None]
+            features = self.keypoints_in(points.flatten(1).to(dtype))  # [B, W]
+            keypoint_token, keypoint_cond = (features[:, None], None) if as_token else (None, features)
         rope = rope_tables(positions, self.head_dim, self.rope_theta, dtype)
-        return ExpertContext(mask, rope, keypoint_token)
+        return ExpertContext(mask, rope, keypoint_token, keypoint_cond)
 
     def forward(
         self,
@@ -142,6 +150,8 @@ class ActionExpert(nn.Module):
         if context is None:
             context = self.context(cache, noisy_actions.shape[1], noisy_actions.dtype)
         cond = self.time_mlp(time_embedding(t, self.config.time_embedding_dim).to(noisy_actions.dtype))
+        if context.keypoint_cond is not None:
+            cond = cond + context.keypoint_cond.to(cond.dtype)
         x = self.action_in(noisy_actions)  # [B, H, W]
         if self.state_in is not None:
             if state is None:

@@ -46,6 +46,15 @@ class SpatialKeypoints(nn.Module):
     def forward(self, values: Tensor, valid: Tensor) -> Tensor:
         """values [B, kv, Np, hd] (image tokens first), valid bool [B, Np] -> [B, K, 2]; examples
         without an image get keypoints at the centre (0, 0)."""
+        return self.points(self.weights(values, valid))
+
+    def points(self, weights: Tensor) -> Tensor:
+        """Spatial softmax weights [B, K, n] -> expected grid coordinates [B, K, 2]."""
+        return weights @ self.coords.to(weights.dtype)
+
+    def weights(self, values: Tensor, valid: Tensor) -> Tensor:
+        """values [B, kv, Np, hd], valid bool [B, Np] -> each keypoint's softmax over the image
+        tokens [B, K, n] (all zero for an example without an image)."""
         n = self.grid * self.grid
         features = rearrange(values[:, :, :n], "b h n d -> b n (h d)")
         scores = self.score(features).transpose(1, 2)  # [B, K, n]
@@ -58,5 +67,4 @@ class SpatialKeypoints(nn.Module):
             scores = scores + queries @ keys.transpose(1, 2) / self.key_dim**0.5
         image = valid[:, :n]  # [B, n]
         scores = scores.masked_fill(~image[:, None], float("-inf"))
-        weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows without an image: all zero
-        return weights @ self.coords.to(weights.dtype)
+        return torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows without an image: all zero

@@ -12,10 +12,9 @@ from kivla.model.policy import KIPolicy
 from kivla.model.presets import recipe_config
 
 
-def with_keypoints(config, k: int = 3, layer: int = -1):
-    return dataclasses.replace(
-        config, expert=dataclasses.replace(config.expert, keypoints=k, keypoint_layer=layer)
-    )
+def with_keypoints(config, k: int = 3, layer: int = -1, input: str = "token"):
+    expert = dataclasses.replace(config.expert, keypoints=k, keypoint_layer=layer, keypoint_input=input)
+    return dataclasses.replace(config, expert=expert)
 
 
 def test_keypoints_start_at_the_centre_and_find_a_scored_token():
@@ -42,9 +41,12 @@ def test_examples_without_an_image_get_the_centre():
     assert torch.isfinite(points).all() and torch.equal(points[1], torch.zeros(2, 2))
 
 
-def test_insulated_flow_loss_with_keypoints_leaves_the_backbone_untouched(builder, config):
+@pytest.mark.parametrize("keypoint_input", ["token", "norm"])
+def test_insulated_flow_loss_with_keypoints_leaves_the_backbone_untouched(builder, config, keypoint_input):
     torch.manual_seed(0)
-    policy = KIPolicy(recipe_config("ki", with_keypoints(config)))
+    policy = KIPolicy(recipe_config("ki", with_keypoints(config, input=keypoint_input)))
+    with torch.no_grad():  # zero-initialized, it would pass no gradient to "norm" keypoints at step 0
+        policy.expert.modulation.weight.normal_(std=0.01)
     rng = np.random.default_rng(0)
     batch = builder.collate(
         [robot_example(rng), robot_example(rng, "push the blue square"), vqa_example(rng)]
@@ -65,6 +67,8 @@ def test_insulated_flow_loss_with_keypoints_leaves_the_backbone_untouched(builde
 def test_keypoint_settings_are_checked(config):
     with pytest.raises(ValueError, match=r"ExpertConfig\.keypoints"):
         with_keypoints(config, k=-1)
+    with pytest.raises(ValueError, match=r"ExpertConfig\.keypoint_input"):
+        with_keypoints(config, input="film")
     with pytest.raises(ValueError, match=r"ExpertConfig\.keypoint_layer"):
         KIPolicy(recipe_config("ki", with_keypoints(config, layer=config.backbone.depth)))
 
@@ -95,7 +99,8 @@ def _square_batch(b: int, generator: torch.Generator):
     return batch, target
 
 
-def test_keypoints_let_the_expert_act_on_where_an_object_is():
+@pytest.mark.parametrize("keypoint_input", ["token", "norm"])
+def test_keypoints_let_the_expert_act_on_where_an_object_is(keypoint_input):
     """The guard of the reading path: with a frozen random backbone, an expert with keypoints learns
     in 150 steps to put its chunk where the square is; rolled images give the error of ignoring them."""
     from kivla.model.presets import SIZES
@@ -103,7 +108,8 @@ def test_keypoints_let_the_expert_act_on_where_an_object_is():
     torch.manual_seed(0)
     arch = SIZES["test"].policy_config(image_size=16, vocab_size=16, horizon=4, action_dim=2, state_dim=2,
                                        tokens_per_side=4)  # fmt: skip
-    policy = KIPolicy(recipe_config("frozen", arch, expert={"keypoints": 4, "keypoint_layer": 0}))
+    expert = {"keypoints": 4, "keypoint_layer": 0, "keypoint_input": keypoint_input}
+    policy = KIPolicy(recipe_config("frozen", arch, expert=expert))
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=3e-3)
     generator = torch.Generator().manual_seed(1)
     for _ in range(150):
@@ -136,3 +142,56 @@ def test_prompt_conditioned_keypoints_move_with_the_prompt():
     assert not torch.allclose(module(other, valid), base)
     base.sum().backward()
     assert module.token_key.weight.grad.abs().sum() > 0
+
+
+def _labelled_robot(rng, first: int, second: int):
+    """A robot frame whose label map has class 2 at the centre of the top-left patch and class 4 at
+    the bottom-right one (16 px in 2x2 tokens), the instruction naming class `first` then `second`."""
+    labels = np.zeros((16, 16), dtype=np.uint8)
+    labels[3:5, 3:5], labels[11:13, 11:13] = 2, 4
+    example = robot_example(rng)
+    return dataclasses.replace(example, image_labels=labels, image_refs=((first,), (second,)))
+
+
+def _supervised(config):
+    config = recipe_config("ki", with_keypoints(config, k=2), vision_labels=5, keypoint_weight=1.0)
+    torch.manual_seed(0)
+    return KIPolicy(config)
+
+
+def test_keypoint_loss_trains_the_keypoint_scores_only(builder, config):
+    policy = _supervised(config)
+    rng = np.random.default_rng(5)
+    batch = builder.collate([_labelled_robot(rng, 2, 4), vqa_example(rng)])
+    out = policy(batch, generator=torch.Generator().manual_seed(0))
+    assert policy.loss_names[-1] == "keypoint" and out.parts["keypoint"] > 0
+    policy.zero_grad(set_to_none=True)
+    out.parts["keypoint"].backward()
+    grads = {n: p.grad for n, p in policy.named_parameters() if p.grad is not None}
+    assert grads["expert.keypoints.score.weight"].abs().sum() > 0
+    assert all(n.startswith("expert.keypoints.") for n in grads)  # no backbone, no other expert weight
+    unlabelled = policy(builder.collate([robot_example(rng)]), generator=torch.Generator().manual_seed(0))
+    assert unlabelled.parts["keypoint"] == 0
+
+
+def test_keypoint_loss_puts_each_keypoint_on_its_object(builder, config):
+    """Trained on the keypoint loss alone, keypoint 0 goes to the object named first and keypoint 1
+    to the second: the target's token is (0, 0) of the 2x2 grid, centre (-0.5, -0.5)."""
+    policy = _supervised(config)
+    rng = np.random.default_rng(6)
+    batch = builder.collate([_labelled_robot(rng, 2, 4) for _ in range(4)])
+    optimizer = torch.optim.Adam(policy.expert.keypoints.parameters(), lr=0.1)
+    for _ in range(60):
+        loss = policy(batch, generator=torch.Generator().manual_seed(0)).parts["keypoint"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    cache = policy._encode(batch, with_suffix=False).cache
+    points = policy.expert.keypoints(cache.values[-1], cache.valid)  # [B, 2, 2]
+    assert torch.allclose(points[:, 0], torch.tensor([-0.5, -0.5]), atol=0.1)
+    assert torch.allclose(points[:, 1], torch.tensor([0.5, 0.5]), atol=0.1)
+
+
+def test_keypoint_weight_needs_two_keypoints(config):
+    with pytest.raises(ValueError, match="keypoint_weight"):
+        recipe_config("ki", config, vision_labels=5, keypoint_weight=1.0)

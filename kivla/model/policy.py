@@ -27,7 +27,7 @@ from kivla.model.vision import (
     token_cross_entropy_per_example,
 )
 
-LOSS_NAMES = ("flow", "fast", "lm", "vision", "refer", "where")
+LOSS_NAMES = ("flow", "fast", "lm", "vision", "refer", "where", "keypoint")
 
 
 @dataclass
@@ -71,9 +71,13 @@ class KIPolicy(nn.Module):
     @property
     def loss_names(self) -> tuple[str, ...]:
         """The names in `LossOutput.parts` of this policy."""
-        if self.vision_head is None:
-            return LOSS_NAMES[:3]
-        return LOSS_NAMES if self.where_head is not None else LOSS_NAMES[:5]
+        heads = {
+            "vision": self.vision_head is not None,
+            "refer": self.vision_head is not None,
+            "where": self.where_head is not None,
+            "keypoint": self.config.keypoint_weight > 0,
+        }
+        return tuple(n for n in LOSS_NAMES if heads.get(n, True))
 
     # -- normalization ---------------------------------------------------------------------------
     def set_action_bounds(self, q01: Tensor, q99: Tensor) -> None:
@@ -164,8 +168,8 @@ class KIPolicy(nn.Module):
             and bool((batch.suffix_loss["fast"] & batch.loss_mask["fast"][:, None]).any()),
             "lm": c.lm_weight > 0 and bool((batch.suffix_loss["lm"] & batch.loss_mask["lm"][:, None]).any()),
         }
-        for name in ("vision", "refer", "where"):
-            labelled = batch.loss_mask.get(name, batch.image_mask) & batch.image_mask
+        for name in ("vision", "refer", "where", "keypoint"):
+            labelled = self._labelled_rows(batch, name)
             weight = getattr(c, f"{name}_weight")
             wants[name] = weight > 0 and batch.image_labels is not None and bool(labelled.any())
         layers = {c.vision_layer for n in ("vision", "where") if wants[n]} | (
@@ -184,8 +188,10 @@ class KIPolicy(nn.Module):
             parts["refer"] = self._vision_loss(batch, out, "refer") if wants["refer"] else zero
         if self.where_head is not None:
             parts["where"] = self._where_loss(batch, out) if wants["where"] else zero
+        if c.keypoint_weight > 0:
+            parts["keypoint"] = self._keypoint_loss(batch, out.cache) if wants["keypoint"] else zero
         total = c.flow_weight * parts["flow"] + c.fast_weight * parts["fast"] + c.lm_weight * parts["lm"]
-        for name in ("vision", "refer", "where"):
+        for name in ("vision", "refer", "where", "keypoint"):
             total = total + getattr(c, f"{name}_weight") * parts.get(name, zero)
         if not total.requires_grad:  # a batch with nothing to learn still supports backward()
             total = total + 0.0 * next(self.expert.parameters()).sum()
@@ -271,6 +277,35 @@ class KIPolicy(nn.Module):
         owned = (owners > 0).float()
         error = (predicted - offsets).pow(2).sum(-1)  # [B', N]
         return self._batch_mean(batch, "where", (error * owned).sum(-1) / owned.sum(-1).clamp(min=1))
+
+    @staticmethod
+    def _labelled_rows(batch: KIBatch, name: str) -> Tensor:
+        """bool [B]: the examples that carry the labels of dense loss `name` ("keypoint": robot
+        frames whose instruction refers to objects)."""
+        if name == "keypoint":
+            return batch.loss_mask["flow"] & batch.loss_mask.get("refer", batch.image_mask) & batch.image_mask
+        return batch.loss_mask.get(name, batch.image_mask) & batch.image_mask
+
+    def _keypoint_loss(self, batch: KIBatch, cache: PrefixCache) -> Tensor:
+        """Keypoint r (r = 0: the object named first, 1: second) of the expert: cross-entropy of its
+        spatial softmax against the object's token plus the squared error of its coordinates
+        against the object's centre (grid units in [-1, 1]); mean over the roles an example has,
+        then `_batch_mean`. Reads the K/V the expert reads, so it trains expert parameters only."""
+        c = self.config
+        rows = self._labelled_rows(batch, "keypoint").nonzero().flatten()
+        keypoints = self.expert.keypoints
+        values = self._expert_reads(cache.select(rows)).values[c.expert.keypoint_layer]
+        weights = keypoints.weights(values, cache.valid[rows])[:, :2].float()  # [B', 2, n]
+        owners, centres = object_tokens(batch.image_labels[rows], c.vision_labels, c.backbone.patch_size)
+        roles = referred_token_labels(owners, batch.image_refs[rows])  # [B', n]: 1 first, 2 second
+        marked = torch.stack([roles == 1, roles == 2], dim=1).float()  # [B', 2, n]
+        has = marked.sum(-1) > 0  # [B', 2]
+        found = (weights * marked).sum(-1).clamp(min=1e-6)  # softmax mass on the object's token(s)
+        centre = (marked[..., None] * centres[:, None]).sum(2) / marked.sum(-1, keepdim=True).clamp(min=1)
+        centre = centre / (keypoints.grid / 2)  # token units -> [-1, 1], the keypoints' coordinates
+        error = (keypoints.points(weights) - centre).pow(2).sum(-1)  # [B', 2]
+        per_role = (-found.log() + error) * has
+        return self._batch_mean(batch, "keypoint", per_role.sum(-1) / has.sum(-1).clamp(min=1))
 
     def _naming_loss(self, hidden: Tensor, owners: Tensor) -> Tensor:
         """[B'] mean over the tokens that own a class of the CE of the tied LM head against the

@@ -72,7 +72,8 @@ class MixtureBatches:
         seen = sum(s in ("caption", "vqa") or (labelled and s == "robot") for s in sources)
         vqa = sum(s == "vqa" or (labelled and s == "robot") for s in sources)  # prompts naming objects
         return {"flow": robot / shards, "fast": fast / shards, "lm": (len(sources) - robot) / shards,
-                "vision": seen / shards, "refer": vqa / shards, "where": seen / shards}  # fmt: skip
+                "vision": seen / shards, "refer": vqa / shards, "where": seen / shards,
+                "keypoint": (robot if labelled else 0) / shards}  # fmt: skip
 
     def __call__(self, step: int, micro: int, rank: int, world_size: int, n: int) -> KIBatch:
         examples, noise, times = [], [], []
