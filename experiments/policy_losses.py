@@ -31,10 +31,20 @@ from kivla.eval.baselines import BundlePolicy
 from kivla.eval.rollout import EvalConfig, evaluate
 from kivla.eval.validation import ValidationConfig, flow_validation
 from kivla.model.bundle import PolicyBundle
-from kivla.model.vision import object_token_labels, object_tokens, referred_token_labels
+from kivla.model.vision import object_token_labels, referred_objects, referred_token_labels
 from kivla.train.config import TrainConfig
 from kivla.train.mixture import MixtureConfig
 from kivla.train.run import RunConfig, train_policy
+
+
+def _held_out_batch(bundle: PolicyBundle, val: Path, frames: int):
+    """`frames` robot frames spread over the held-out dataset, with their labels, as one batch; the
+    policy in eval mode."""
+    dataset = LeRobotDataset(val, horizon=bundle.horizon)
+    sampler = MixtureSampler(dataset, {"robot": 1.0}, normalizer=bundle.normalizer)
+    rows = torch.linspace(0, len(dataset) - 1, frames).long().tolist()
+    bundle.policy.eval()
+    return bundle.builder.collate([sampler.robot_example(r) for r in rows])
 
 
 @torch.no_grad()
@@ -44,12 +54,7 @@ def target_marking(bundle: PolicyBundle, val: Path, frames: int = 256) -> dict[s
     policy, c = bundle.policy, bundle.policy.config
     if policy.refer_head is None or c.refer_weight == 0:
         return None
-    dataset = LeRobotDataset(val, horizon=c.expert.horizon)
-    sampler = MixtureSampler(dataset, {"robot": 1.0}, normalizer=bundle.normalizer)
-    rows = torch.linspace(0, len(dataset) - 1, frames).long().tolist()
-    examples = [sampler.robot_example(r) for r in rows]
-    batch = bundle.builder.collate(examples)
-    policy.eval()
+    batch = _held_out_batch(bundle, val, frames)
     out = policy.backbone(batch.images, batch.image_mask, batch.prefix_ids, batch.prefix_mask,
                           image_hidden_layers=(c.refer_layer,))  # fmt: skip
     logits = policy.refer_head(out.image_hidden[c.refer_layer])  # [B, N, 3]
@@ -70,19 +75,15 @@ def keypoint_tracking(bundle: PolicyBundle, val: Path, frames: int = 256) -> dic
     keypoints = policy.expert.keypoints
     if keypoints is None:
         return None
-    dataset = LeRobotDataset(val, horizon=c.expert.horizon)
-    sampler = MixtureSampler(dataset, {"robot": 1.0}, normalizer=bundle.normalizer)
-    rows = torch.linspace(0, len(dataset) - 1, frames).long().tolist()
-    batch = bundle.builder.collate([sampler.robot_example(r) for r in rows])
-    policy.eval()
+    batch = _held_out_batch(bundle, val, frames)
     cache = policy.backbone(batch.images, batch.image_mask, batch.prefix_ids, batch.prefix_mask).cache
     weights = keypoints.weights(cache.values[c.expert.keypoint_layer], cache.valid)[:, 0].float()  # [B, n]
-    owners, centres = object_tokens(batch.image_labels, c.vision_labels, c.backbone.patch_size)
-    target = referred_token_labels(owners, batch.image_refs) == 1  # [B, n]
+    marked, centre = referred_objects(batch.image_labels, batch.image_refs, c.vision_labels,
+                                      c.backbone.patch_size)  # fmt: skip
+    target, truth = marked[:, 0], centre[:, 0]  # [B, n], [B, 2]: the object named first
     has = target.any(-1)
     hit = target.gather(1, weights.argmax(-1, keepdim=True)).squeeze(1)
     point = keypoints.points(weights[:, None])[:, 0]  # [B, 2] in [-1, 1]
-    truth = (centres * target[..., None]).sum(1) / (keypoints.grid / 2)
     error = ((point - truth).norm(dim=-1) / 2)[has]  # [-1, 1] spans the table: world units / 2
     return {"target_token_accuracy": float(hit[has].float().mean()), "frames": int(has.sum()),
             "median_xy_error": float(error.median()), "chance": 1.0 / target.shape[1]}  # fmt: skip

@@ -23,6 +23,7 @@ from kivla.model.kibatch import KIBatch
 from kivla.model.vision import (
     object_token_labels,
     object_tokens,
+    referred_objects,
     referred_token_labels,
     token_cross_entropy_per_example,
 )
@@ -296,13 +297,10 @@ class KIPolicy(nn.Module):
         keypoints = self.expert.keypoints
         values = self._expert_reads(cache.select(rows)).values[c.expert.keypoint_layer]
         weights = keypoints.weights(values, cache.valid[rows])[:, :2].float()  # [B', 2, n]
-        owners, centres = object_tokens(batch.image_labels[rows], c.vision_labels, c.backbone.patch_size)
-        roles = referred_token_labels(owners, batch.image_refs[rows])  # [B', n]: 1 first, 2 second
-        marked = torch.stack([roles == 1, roles == 2], dim=1).float()  # [B', 2, n]
-        has = marked.sum(-1) > 0  # [B', 2]
+        marked, centre = referred_objects(batch.image_labels[rows], batch.image_refs[rows],
+                                          c.vision_labels, c.backbone.patch_size)  # fmt: skip
+        has = marked.any(-1)  # [B', 2]
         found = (weights * marked).sum(-1).clamp(min=1e-6)  # softmax mass on the object's token(s)
-        centre = (marked[..., None] * centres[:, None]).sum(2) / marked.sum(-1, keepdim=True).clamp(min=1)
-        centre = centre / (keypoints.grid / 2)  # token units -> [-1, 1], the keypoints' coordinates
         error = (keypoints.points(weights) - centre).pow(2).sum(-1)  # [B', 2]
         per_role = (-found.log() + error) * has
         return self._batch_mean(batch, "keypoint", per_role.sum(-1) / has.sum(-1).clamp(min=1))

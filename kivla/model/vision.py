@@ -58,6 +58,19 @@ def referred_token_labels(token_labels: Tensor, refs: Tensor) -> Tensor:
     return torch.where(first, 1, out) * (token_labels > 0)
 
 
+def referred_objects(labels: Tensor, refs: Tensor, num_labels: int, patch_size: int) -> tuple[Tensor, Tensor]:
+    """Pixel labels [B, S, S] and refs bool [B, 2, >=C] -> the tokens of the object referred first /
+    second bool [B, 2, N], and that object's centre [B, 2, 2] ((column, row) in [-1, 1] over the
+    token grid, the coordinates of `SpatialKeypoints`; 0 where a role has no object)."""
+    owners, centres = object_tokens(labels, num_labels, patch_size)
+    roles = referred_token_labels(owners, refs)  # [B, N]: 1 first, 2 second
+    marked = torch.stack([roles == 1, roles == 2], dim=1)  # [B, 2, N]
+    m = marked.float()
+    centre = (m[..., None] * centres[:, None]).sum(2) / m.sum(-1, keepdim=True).clamp(min=1)
+    grid = labels.shape[-1] // patch_size
+    return marked, centre / (grid / 2)
+
+
 def token_cross_entropy_per_example(logits: Tensor, targets: Tensor) -> Tensor:
     """logits [B, N, K], targets long [B, N] -> [B]: cross-entropy, mean over tokens."""
     ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")

@@ -10,7 +10,7 @@ from kivla.data.example import Example
 from kivla.model.conftest import robot_example
 from kivla.model.policy import KIPolicy
 from kivla.model.presets import recipe_config
-from kivla.model.vision import object_token_labels, object_tokens, referred_token_labels
+from kivla.model.vision import object_token_labels, object_tokens, referred_objects, referred_token_labels
 
 NUM_LABELS = 5
 
@@ -36,6 +36,20 @@ def test_object_tokens_give_the_centre_of_their_object():
     assert torch.allclose(offsets[0, 3], torch.tensor([0.25, 0.5]))  # (column, row) - grid / 2
     assert torch.allclose(offsets[0, 0], torch.tensor([-0.75, -0.75]))
     assert offsets[0, 1:3].abs().sum() == 0  # tokens that own nothing
+
+
+def test_referred_objects_give_their_tokens_and_centres():
+    labels = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    labels[0, 2:, 1:4] = 1  # centre (column 1.25, row 1.5) token units -> (0.25, 0.5) in [-1, 1]
+    labels[0, 0, 0] = 3  # centre (0.25, 0.25) -> (-0.75, -0.75)
+    refs = torch.zeros(1, 2, 256, dtype=torch.bool)
+    refs[0, 0, 3] = refs[0, 1, 1] = True  # first: class 3, second: class 1
+    marked, centre = referred_objects(labels, refs, NUM_LABELS, 2)
+    assert marked.tolist() == [[[True, False, False, False], [False, False, False, True]]]
+    assert torch.allclose(centre[0], torch.tensor([[-0.75, -0.75], [0.25, 0.5]]))
+    refs[0, 1] = False  # no second object: its role is empty and its centre 0
+    marked, centre = referred_objects(labels, refs, NUM_LABELS, 2)
+    assert not marked[0, 1].any() and centre[0, 1].abs().sum() == 0
 
 
 def _labelled_example(rng, refs=((2,), ())) -> Example:
