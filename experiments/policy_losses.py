@@ -10,7 +10,11 @@ how often the backbone marks the instruction's target on held-out robot frames.
     # the fifth round's runs add, for example: "state_input": "token",
     #     "expert": {"keypoints": 16, "keypoint_layer": 0}
 
-Appends one JSON line to runs/exp/policy_results.jsonl.
+Appends one JSON line to runs/exp/policy_results.jsonl. The sixth round's replanning horizons
+(docs/results/replanning.jsonl, one line a horizon in runs/exp/replan.jsonl):
+
+    python experiments/policy_losses.py replan --val runs/demo/val --replan 50 25 5 \
+        --only-probe runs/exp/policy/ki_dense_token_kp16l2_prompt_sup_norm_800/checkpoints/step_00000800
 """
 
 from __future__ import annotations
@@ -148,6 +152,23 @@ def _nearest(centres: np.ndarray, point: np.ndarray) -> int:
     return int(np.argmin(np.linalg.norm(centres - point, axis=-1)))
 
 
+def replanning(checkpoint: Path, execute_steps: list[int], episodes: int) -> None:
+    """Closed loop of one checkpoint for each replanning horizon (same seeds), one line each."""
+    for k in execute_steps:
+        start = time.time()
+        config = EvalConfig(episodes=episodes, execute_steps=k)
+        summary = evaluate(BundlePolicy(PolicyBundle.load(checkpoint), seed=0), config,
+                           Path(f"runs/exp/replan_{k}")).summary()  # fmt: skip
+        row = {"checkpoint": str(checkpoint), "execute_steps": k, "eval_s": round(time.time() - start, 1)}
+        for split, v in summary.items():
+            families = {f: x["success_rate"] for f, x in v["families"].items()}
+            row[split] = {"success": v["success_rate"], "follow": v["follow_rate"], "families": families}
+        print(json.dumps(row), flush=True)
+        Path("runs/exp").mkdir(parents=True, exist_ok=True)
+        with open("runs/exp/replan.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--only-probe", type=Path, help="skip training: probe this checkpoint")
@@ -163,7 +184,11 @@ def main() -> None:
     p.add_argument("--mixture", default="{}")
     p.add_argument("--episodes", type=int, default=48)
     p.add_argument("--execute-steps", type=int, default=10)
+    p.add_argument("--replan", type=int, nargs="+", help="with --only-probe: closed loop executing "
+                   "each of these many steps a chunk, appended to runs/exp/replan.jsonl")  # fmt: skip
     args = p.parse_args()
+    if args.only_probe is not None and args.replan:
+        return replanning(args.only_probe, args.replan, args.episodes)
     if args.only_probe is not None:  # a quick look at a checkpoint, nothing recorded
         bundle = PolicyBundle.load(args.only_probe)
         print("grasp points", grasp_points(bundle, args.val), "marking", target_marking(bundle, args.val))
