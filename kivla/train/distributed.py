@@ -160,7 +160,10 @@ def init_distributed(device: str = "auto") -> DistContext:
 
 
 def shutdown_distributed() -> None:
+    """Leave the process group together: a rank that tears gloo down while another is still in its
+    last collective aborts the process ("terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
