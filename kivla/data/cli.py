@@ -29,6 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--frames-per-file", type=int, default=100_000, help="roll data/video files after this many frames"
     )
     gen.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    gen.add_argument(
+        "--privileged-state",
+        action="store_true",
+        help="append the target's and goal's xy to the state (a diagnostic: perfect perception)",
+    )
     gen.set_defaults(func=_generate)
 
     show = sub.add_parser("show", help="summarize a LeRobot v3 dataset")
@@ -53,6 +58,7 @@ def _generate(args: argparse.Namespace) -> int:
         frames_per_file=args.frames_per_file,
         overwrite=args.overwrite,
         video_codec=args.codec,
+        privileged_state=args.privileged_state,
     )
     print(f"wrote {args.episodes} episodes to {path}")
     return 0

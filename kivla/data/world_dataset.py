@@ -8,7 +8,7 @@ import numpy as np
 
 from kivla.data.lerobot_format import LABELS_KEY, REFER_KEY
 from kivla.data.lerobot_write import LeRobotWriter, check_out_dir
-from kivla.data.world_env import ACTION_NAMES, FPS, STATE_NAMES, TabletopEnv, WorldConfig
+from kivla.data.world_env import ACTION_NAMES, FPS, TabletopEnv, WorldConfig
 from kivla.data.world_expert import rollout_expert
 from kivla.data.world_tasks import FAMILIES
 from kivla.io import atomic_directory
@@ -34,23 +34,29 @@ def generate_dataset(
     progress: bool = True,
     video_codec: str = "libx264",
     annotations: bool = True,
+    privileged_state: bool = False,
 ) -> Path:
     """Write `episodes` successful expert episodes as a LeRobot v3.0 dataset at `out_dir`, atomically.
 
     Failed expert episodes (rare) are re-drawn with the next attempt's seed, so every episode of the
     dataset succeeds. With `annotations`, every frame also carries the world's label map and the
     label classes the instruction names (`annotation.labels`, `annotation.refer`): the targets of
-    the dense vision losses in robot co-training. Returns the dataset path.
+    the dense vision losses in robot co-training. With `privileged_state`, the state also carries the
+    target's and the goal's xy (`WorldConfig.privileged_state`, a diagnostic). Returns the dataset path.
     """
     if episodes < 1:
         raise ValueError(f"episodes: expected >= 1, got {episodes}")
     out_dir = Path(out_dir)
-    env = TabletopEnv(WorldConfig(image_size=image_size, split=split, families=families))
+    world = WorldConfig(
+        image_size=image_size, split=split, families=families, privileged_state=privileged_state
+    )
+    env = TabletopEnv(world)
     check_out_dir(out_dir, overwrite)
     # An interruption (KeyboardInterrupt included) leaves nothing half-written behind.
     with atomic_directory(out_dir) as tmp:
         with LeRobotWriter(
-            tmp, FPS, image_size, ACTION_NAMES, STATE_NAMES, video, frames_per_file, video_codec=video_codec
+            tmp, FPS, image_size, ACTION_NAMES, world.state_names, video, frames_per_file,
+            video_codec=video_codec,
         ) as writer:
             bar = episode_progress(episodes, progress)
             for index in range(episodes):

@@ -32,3 +32,15 @@ def test_same_seed_same_dataset(tmp_path):
     np.testing.assert_array_equal(a.states, b.states)
     assert all(np.array_equal(a.image(r), b.image(r)) for r in range(0, len(a), 7))
     assert a.tasks == b.tasks and a.tasks != c.tasks
+
+
+def test_privileged_state_dataset(tmp_path):
+    from kivla.data.world_env import PRIVILEGED_NAMES, STATE_DIM, STATE_NAMES
+
+    plain = LeRobotDataset(generate_dataset(tmp_path / "a", 2, seed=1, video=False, progress=False))
+    root = generate_dataset(tmp_path / "b", 2, seed=1, video=False, progress=False, privileged_state=True)
+    privileged = LeRobotDataset(root)
+    assert privileged.state_dim == STATE_DIM + len(PRIVILEGED_NAMES)
+    assert privileged.info["features"]["observation.state"]["names"] == [*STATE_NAMES, *PRIVILEGED_NAMES]
+    np.testing.assert_array_equal(privileged.states[:, :STATE_DIM], plain.states)
+    np.testing.assert_array_equal(privileged.actions, plain.actions)

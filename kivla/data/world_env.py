@@ -5,6 +5,9 @@ Action (ACTION_DIM = 4, float32): the absolute target end-effector command (x, y
 plane and MAX_Z_STEP in height per step; the gripper opening follows g directly. Absolute targets
 make action chunks smooth curves, which suits DCT-based tokenizers.
 State (STATE_DIM = 5, float32): (x, y, z, g, holding) of the end effector after the last step.
+With `WorldConfig.privileged_state` the state also carries what perception would have to find,
+PRIVILEGED_NAMES (the target's xy and the task's goal point): a diagnostic that bounds what a
+policy does with perfect perception (docs/learning.md, seventh round), never a benchmark setting.
 Contact rules: closing the gripper (g crossing 0.5 downwards) below GRASP_HEIGHT grasps the nearest
 object within GRASP_RADIUS; opening it releases the object where it is. A closed, empty gripper
 below GRASP_HEIGHT pushes objects it touches out of its way.
@@ -17,13 +20,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from kivla.data.world_scene import OBJECT_RADIUS, Renderer, Scene
-from kivla.data.world_tasks import FAMILIES, SPLITS, Task, is_success, sample_task
+from kivla.data.world_tasks import FAMILIES, SPLITS, Task, goal_point, is_success, sample_task
 
 ACTION_DIM = 4
 STATE_DIM = 5
 FPS = 10
 ACTION_NAMES = ("x", "y", "z", "gripper")
 STATE_NAMES = ("x", "y", "z", "gripper", "holding")
+PRIVILEGED_NAMES = ("target_x", "target_y", "goal_x", "goal_y")
 
 MAX_XY_STEP = 0.06
 MAX_Z_STEP = 0.2
@@ -42,6 +46,11 @@ class WorldConfig:
     max_steps: int = 200  # truncation
     split: str = "train"  # which task compositions reset() draws: "train" or "ood"
     families: tuple[str, ...] = FAMILIES
+    privileged_state: bool = False  # append PRIVILEGED_NAMES to the state (a diagnostic)
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return STATE_NAMES + (PRIVILEGED_NAMES if self.privileged_state else ())
 
     def __post_init__(self) -> None:
         if not 32 <= self.image_size <= 256:
@@ -59,6 +68,11 @@ class WorldConfig:
         bad = [f for f in self.families if f not in FAMILIES]
         if bad or not self.families:
             raise ValueError(f"WorldConfig.families: expected a non-empty subset of {FAMILIES}, got {bad}")
+
+
+def privileged_state_dim(state_dim: int) -> bool:
+    """True when a policy's state size is that of the privileged state (evaluate it with one)."""
+    return state_dim == STATE_DIM + len(PRIVILEGED_NAMES)
 
 
 def step_scene(scene: Scene, action: np.ndarray) -> None:
@@ -138,9 +152,12 @@ class TabletopEnv:
         return self._obs(), float(success), success, truncated, self._info(success)
 
     def state(self) -> np.ndarray:
-        """float32 [STATE_DIM]: (x, y, z, g, holding)."""
+        """float32 [STATE_DIM]: (x, y, z, g, holding); [STATE_DIM + 4] with the privileged state."""
         s = self.scene
-        return np.array([*s.ee, float(s.held >= 0)], dtype=np.float32)
+        state = [*s.ee, float(s.held >= 0)]
+        if self.config.privileged_state:
+            state += [*s.positions[self.task.target], *goal_point(self.task, s)]
+        return np.array(state, dtype=np.float32)
 
     def render(self) -> np.ndarray:
         return self.renderer.render(self.scene)

@@ -143,6 +143,20 @@ def parse_instruction(text: str) -> tuple[str, str, str] | None:
     return None
 
 
+def goal_point(task: Task, scene: Scene) -> np.ndarray:
+    """float64 [2]: where the task takes its target: the destination object (place_on), the region's
+    centre (place_in), the start moved by the success distance (push), the target itself (reach)."""
+    if task.family == "place_on":
+        return scene.positions[task.destination].copy()
+    if task.family == "place_in":
+        return np.asarray(REGIONS[task.region], dtype=np.float64)
+    if task.family == "push":
+        return np.asarray(task.start) + PUSH_SUCCESS_DISTANCE * np.asarray(DIRECTIONS[task.direction])
+    if task.family == "reach":
+        return scene.positions[task.target].copy()
+    raise ValueError(f"task.family: unknown {task.family!r}")
+
+
 def is_success(task: Task, scene: Scene) -> bool:
     """The task's success predicate on the current scene."""
     pos = scene.positions[task.target]

@@ -161,3 +161,25 @@ def test_label_map_matches_the_rendered_pixels():
         gripper = image[labels == GRIPPER_LABEL]
         assert len(gripper) > 0 and not (gripper == TABLE_RGB).all(axis=1).any()
         assert labels.max() <= GRIPPER_LABEL and len(set(classes.tolist())) == scene.num_objects
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_privileged_state_carries_target_and_goal(family):
+    from kivla.data.world_env import PRIVILEGED_NAMES
+    from kivla.data.world_tasks import is_success
+
+    env = TabletopEnv(WorldConfig(privileged_state=True))
+    assert env.config.state_names[-len(PRIVILEGED_NAMES) :] == PRIVILEGED_NAMES
+    obs, _ = env.reset(seed=3, options={"family": family})
+    assert obs["state"].shape == (STATE_DIM + len(PRIVILEGED_NAMES),)
+    plain, _ = TabletopEnv().reset(seed=3, options={"family": family})
+    np.testing.assert_array_equal(obs["state"][:STATE_DIM], plain["state"])  # the same episode
+    np.testing.assert_allclose(obs["state"][STATE_DIM : STATE_DIM + 2], env.scene.positions[env.task.target])
+    for _ in range(env.config.max_steps):  # the expert ends with the target at (or past) the goal
+        obs, _, done, _, _ = env.step(expert_action(env))
+        if done:
+            break
+    assert is_success(env.task, env.scene)
+    target, goal = obs["state"][STATE_DIM : STATE_DIM + 2], obs["state"][STATE_DIM + 2 :]
+    tolerance = {"place_on": 0.04, "place_in": 0.1, "push": 0.1, "reach": 1e-6}[family]
+    assert np.linalg.norm(target - goal) < tolerance, (family, target, goal)

@@ -62,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     import json
 
+    from kivla.data.world_env import privileged_state_dim
     from kivla.eval.baselines import BundlePolicy, OraclePolicy, RandomPolicy
     from kivla.eval.rollout import EvalConfig, evaluate
 
@@ -98,6 +99,9 @@ def run_eval(args: argparse.Namespace) -> int:
         policy = BundlePolicy(bundle, seed=args.seed)
         name = f"{path.parent.parent.name}_{path.name}" if path.parent.name == "checkpoints" else path.name
         image_size = bundle.builder.image_size
+    # A policy trained on a privileged-state dataset (`kivla world generate --privileged-state`)
+    # is evaluated with the same state.
+    privileged = bundle is not None and privileged_state_dim(bundle.builder.state_dim)
     splits = ("train", "ood") if args.split == "both" else (args.split,)
     config = EvalConfig(
         episodes=args.episodes,
@@ -108,6 +112,7 @@ def run_eval(args: argparse.Namespace) -> int:
         image_size=image_size,
         seed=args.seed,
         videos=args.videos,
+        privileged_state=privileged,
     )
     out = args.out or Path("runs/eval") / name
     try:

@@ -55,6 +55,7 @@ class EvalConfig:
     image_size: int = 64
     seed: int = 0
     videos: int = 2  # rollouts saved as GIF per split (the first episode of the first families)
+    privileged_state: bool = False  # the state carries the target's and goal's xy (WorldConfig)
 
     def __post_init__(self) -> None:
         self.splits, self.families = tuple(self.splits), tuple(self.families)
@@ -240,7 +241,8 @@ def evaluate(
 ) -> EvalResult:
     """Closed-loop success, follow rate and length per split and family; GIFs under out_dir/videos."""
     config = config or EvalConfig()
-    world = WorldConfig(image_size=config.image_size, max_steps=config.max_steps)
+    world = WorldConfig(image_size=config.image_size, max_steps=config.max_steps,
+                        privileged_state=config.privileged_state)  # fmt: skip
     result = EvalResult(config=asdict(config))
     per_family = np.full(len(config.families), config.episodes // len(config.families))
     per_family[: config.episodes % len(config.families)] += 1
