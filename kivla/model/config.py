@@ -135,16 +135,26 @@ class ExpertConfig:
     keypoints: int = 0
     keypoint_layer: int = -1
     keypoints_follow_prompt: bool = False  # scores also depend on the prompt (SpatialKeypoints)
+    keypoint_prompt_pool: str = "mean"  # or "attention": each keypoint pools the prompt itself
     # How the keypoints enter: "token", one more expert token the others must attend to; "norm",
     # added to the flow-time conditioning of every adaptive norm (FiLM, as diffusion policy
     # conditions on its observation features), so every action token sees them in every layer.
     keypoint_input: str = "token"
+    # Each image token also regresses where its object's centre lies inside its patch, and a
+    # keypoint is the softmax-weighted mean of (token centre + offset): positions finer than the
+    # 8x8 grid (a reach must end within 0.05 of the object, a patch is 0.125 wide).
+    keypoint_offsets: bool = False
 
     def __post_init__(self) -> None:
         if self.num_heads is not None:
             _positive("ExpertConfig", num_heads=self.num_heads)
         if self.keypoints < 0:
             raise ValueError(f"ExpertConfig.keypoints: expected >= 0, got {self.keypoints}")
+        if self.keypoint_prompt_pool not in ("mean", "attention"):
+            raise ValueError(
+                "ExpertConfig.keypoint_prompt_pool: expected 'mean' or 'attention', "
+                f"got {self.keypoint_prompt_pool!r}"
+            )
         if self.keypoint_input not in ("token", "norm"):
             raise ValueError(
                 f"ExpertConfig.keypoint_input: expected 'token' or 'norm', got {self.keypoint_input!r}"
@@ -198,6 +208,11 @@ class KIPolicyConfig:
     # its coordinates on that object's centre. Needs the world's labels; trains the expert's
     # keypoint scores only (they read the insulated K/V), never the backbone.
     keypoint_weight: float = 0.0
+    # Teacher forcing of the supervised keypoints: in training, the expert is given the named
+    # objects' true centres in place of keypoints 0 and 1 in this share of its examples, so that
+    # it learns to act on them fully rather than on a keypoint that is still wrong half of the
+    # time; at run time it always gets the keypoints it predicts. Needs keypoint_weight > 0.
+    keypoint_teacher_forcing: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.backbone, BackboneConfig):
@@ -249,6 +264,16 @@ class KIPolicyConfig:
                 "KIPolicyConfig.keypoint_weight: needs expert.keypoints >= 2 (target and destination) "
                 f"and vision_labels >= 2, got keypoints={self.expert.keypoints}, "
                 f"vision_labels={self.vision_labels}"
+            )
+        if not 0.0 <= self.keypoint_teacher_forcing <= 1.0:
+            raise ValueError(
+                "KIPolicyConfig.keypoint_teacher_forcing: expected in [0, 1], "
+                f"got {self.keypoint_teacher_forcing}"
+            )
+        if self.keypoint_teacher_forcing > 0 and self.keypoint_weight == 0:
+            raise ValueError(
+                "KIPolicyConfig.keypoint_teacher_forcing: needs keypoint_weight > 0 (the world's labels "
+                "that give the named objects' centres)"
             )
         if self.vision_readout not in ("head", "words"):
             raise ValueError(

@@ -98,7 +98,9 @@ class ActionExpert(nn.Module):
                 )
             value_dim = backbone.num_kv_heads * backbone.head_dim
             self.keypoints = SpatialKeypoints(c.keypoints, value_dim, backbone.image_grid,
-                                              conditioned=c.keypoints_follow_prompt)  # fmt: skip
+                                              conditioned=c.keypoints_follow_prompt,
+                                              offsets=c.keypoint_offsets,
+                                              prompt_pool=c.keypoint_prompt_pool)  # fmt: skip
             if c.keypoint_input == "token":
                 self.keypoints_in = nn.Linear(2 * c.keypoints, c.width)
             else:  # added to the time conditioning, which ends in a SiLU as well
@@ -119,9 +121,13 @@ class ActionExpert(nn.Module):
         self.action_out = nn.Linear(c.width, c.action_dim)
         self.head_dim, self.rope_theta = backbone.head_dim, backbone.rope_theta
 
-    def context(self, cache: PrefixCache, num_actions: int, dtype: torch.dtype) -> ExpertContext:
+    def context(
+        self, cache: PrefixCache, num_actions: int, dtype: torch.dtype,
+        forced: tuple[Tensor, Tensor] | None = None,
+    ) -> ExpertContext:  # fmt: skip
         """Mask and RoPE tables of the expert tokens, and the keypoint token; they depend on the
-        prefix only, so sampling builds them once for all Euler steps."""
+        prefix only, so sampling builds them once for all Euler steps. `forced` = (use bool [B, F],
+        points [B, F, 2]) replaces the first F keypoints where `use` holds (teacher forcing)."""
         as_token = self.keypoints is not None and self.config.keypoint_input == "token"
         num_expert = num_actions + (self.state_in is not None) + as_token
         mask = additive_mask(expert_attention_mask(cache.valid, num_expert), dtype)
@@ -131,6 +137,11 @@ class ActionExpert(nn.Module):
         keypoint_token = keypoint_cond = None
         if self.keypoints is not None:  # [B, K, 2] -> one token in front of the others, or FiLM
             points = self.keypoints(cache.values[self.config.keypoint_layer], cache.valid)
+            if forced is not None:
+                use, true = forced
+                f = use.shape[1]
+                head = torch.where(use[..., None], true.to(points.dtype), points[:, :f])
+                points = torch.cat([head, points[:, f:]], dim=1)
             features = self.keypoints_in(points.flatten(1).to(dtype))  # [B, W]
             keypoint_token, keypoint_cond = (features[:, None], None) if as_token else (None, features)
         rope = rope_tables(positions, self.head_dim, self.rope_theta, dtype)

@@ -23,12 +23,25 @@ class SpatialKeypoints(nn.Module):
 
     With `conditioned`, each keypoint's score of a token also has a bilinear term between the
     token's value and the mean value of the prompt tokens (the instruction, at the same layer), so
-    that a keypoint can follow the named object rather than one fixed appearance."""
+    that a keypoint can follow the named object rather than one fixed appearance; with
+    `prompt_pool="attention"` each keypoint pools the prompt with its own learned attention instead
+    of the mean, so that keypoint 0 can read the phrase naming the target and keypoint 1 the
+    destination's (a mean of "put the red circle on the blue square" cannot tell which is which).
+    With `offsets`, each token also says where inside its patch its object's centre lies (at most
+    half a patch from the token's centre), and a keypoint averages those points instead of the
+    token centres."""
 
     def __init__(self, num_keypoints: int, value_dim: int, grid: int, conditioned: bool = False,
-                 key_dim: int = 32) -> None:  # fmt: skip
+                 key_dim: int = 32, offsets: bool = False, prompt_pool: str = "mean") -> None:  # fmt: skip
         super().__init__()
-        self.grid = grid
+        if prompt_pool not in ("mean", "attention"):
+            raise ValueError(f"prompt_pool: expected 'mean' or 'attention', got {prompt_pool!r}")
+        self.grid, self.num_keypoints = grid, num_keypoints
+        self.offset = None
+        if offsets:
+            self.offset = nn.Linear(value_dim, 2)
+            nn.init.zeros_(self.offset.weight)  # every token's point starts at its patch centre
+            nn.init.zeros_(self.offset.bias)
         self.score = nn.Linear(value_dim, num_keypoints)
         nn.init.zeros_(self.score.weight)  # uniform attention at the start: every keypoint at the centre
         nn.init.zeros_(self.score.bias)
@@ -39,6 +52,11 @@ class SpatialKeypoints(nn.Module):
             self.prompt_query = nn.Linear(value_dim, num_keypoints * key_dim)
             nn.init.zeros_(self.prompt_query.weight)  # the term starts at zero but gets a gradient
             nn.init.zeros_(self.prompt_query.bias)
+        self.prompt_pool = None
+        if conditioned and prompt_pool == "attention":
+            self.prompt_pool = nn.Linear(value_dim, num_keypoints)
+            nn.init.zeros_(self.prompt_pool.weight)  # starts as the mean
+            nn.init.zeros_(self.prompt_pool.bias)
         centres = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid * 2 - 1
         ys, xs = torch.meshgrid(centres, centres, indexing="ij")  # row-major, as the image tokens
         self.register_buffer("coords", torch.stack([xs.flatten(), ys.flatten()], dim=-1), persistent=False)
@@ -46,11 +64,22 @@ class SpatialKeypoints(nn.Module):
     def forward(self, values: Tensor, valid: Tensor) -> Tensor:
         """values [B, kv, Np, hd] (image tokens first), valid bool [B, Np] -> [B, K, 2]; examples
         without an image get keypoints at the centre (0, 0)."""
-        return self.points(self.weights(values, valid))
+        return self.points(self.weights(values, valid), self.offsets(values))
 
-    def points(self, weights: Tensor) -> Tensor:
-        """Spatial softmax weights [B, K, n] -> expected grid coordinates [B, K, 2]."""
-        return weights @ self.coords.to(weights.dtype)
+    def offsets(self, values: Tensor) -> Tensor | None:
+        """values [B, kv, Np, hd] -> each image token's offset of its point from its patch centre
+        [B, n, 2] (within half a patch), or None without offsets."""
+        if self.offset is None:
+            return None
+        features = rearrange(values[:, :, : self.grid * self.grid], "b h n d -> b n (h d)")
+        return torch.tanh(self.offset(features)) / self.grid  # a patch is 2 / grid wide in [-1, 1]
+
+    def points(self, weights: Tensor, offsets: Tensor | None = None) -> Tensor:
+        """Spatial softmax weights [B, K, n] (and token offsets [B, n, 2]) -> expected points [B, K, 2]."""
+        coords = self.coords.to(weights.dtype)
+        if offsets is not None:
+            coords = coords + offsets.to(weights.dtype)  # [B, n, 2]
+        return weights @ coords
 
     def weights(self, values: Tensor, valid: Tensor) -> Tensor:
         """values [B, kv, Np, hd], valid bool [B, Np] -> each keypoint's softmax over the image
@@ -60,9 +89,17 @@ class SpatialKeypoints(nn.Module):
         scores = self.score(features).transpose(1, 2)  # [B, K, n]
         if self.token_key is not None:
             prompt = rearrange(values[:, :, n:], "b h l d -> b l (h d)")  # [B, Lp, value_dim]
-            mask = valid[:, n:, None].to(prompt.dtype)
-            summary = (prompt * mask).sum(1) / mask.sum(1).clamp(min=1)  # [B, value_dim]
-            queries = self.prompt_query(summary).view(summary.shape[0], -1, self.key_dim)  # [B, K, dk]
+            b, k = prompt.shape[0], self.num_keypoints
+            if self.prompt_pool is None:
+                mask = valid[:, n:, None].to(prompt.dtype)
+                summary = (prompt * mask).sum(1) / mask.sum(1).clamp(min=1)  # [B, value_dim]
+                queries = self.prompt_query(summary).view(b, k, self.key_dim)  # [B, K, dk]
+            else:
+                pool = self.prompt_pool(prompt).masked_fill(~valid[:, n:, None], float("-inf"))  # [B, Lp, K]
+                pool = torch.softmax(pool, dim=1).nan_to_num(0.0)
+                summary = torch.einsum("blk,bld->bkd", pool, prompt)  # [B, K, value_dim]: one per keypoint
+                every = self.prompt_query(summary).view(b, k, k, self.key_dim)  # [B, summary, keypoint, dk]
+                queries = every.diagonal(dim1=1, dim2=2).transpose(1, 2)  # [B, K, dk]: from its own summary
             keys = self.token_key(features)  # [B, n, dk]
             scores = scores + queries @ keys.transpose(1, 2) / self.key_dim**0.5
         image = valid[:, :n]  # [B, n]

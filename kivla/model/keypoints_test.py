@@ -195,3 +195,81 @@ def test_keypoint_loss_puts_each_keypoint_on_its_object(builder, config):
 def test_keypoint_weight_needs_two_keypoints(config):
     with pytest.raises(ValueError, match="keypoint_weight"):
         recipe_config("ki", config, vision_labels=5, keypoint_weight=1.0)
+
+
+def test_offsets_move_a_keypoint_within_its_patch():
+    module = SpatialKeypoints(1, value_dim=4, grid=4, offsets=True)
+    values = torch.zeros(1, 2, 16 + 3, 2)
+    valid = torch.ones(1, 19, dtype=torch.bool)
+    values[0, 0, 6, 0] = 1.0  # token 6: centre (0.25, -0.25)
+    with torch.no_grad():
+        module.score.weight[0, 0] = 50.0
+        module.offset.weight[:, 0] = torch.tensor([100.0, -100.0])  # token 6 only: tanh -> (1, -1)
+    point = module(values, valid)[0, 0]
+    # half a patch (1 / grid) towards +x and -y, no further
+    assert torch.allclose(point, torch.tensor([0.25 + 0.25, -0.25 - 0.25]), atol=1e-3)
+
+
+def test_teacher_forcing_gives_the_expert_the_true_centres_in_training_only(builder, config):
+    """With forcing 1, the flow loss does not depend on keypoints 0 / 1's scores (the expert gets
+    the named objects' centres) and stays insulated; sampling uses the predicted keypoints."""
+    config = recipe_config("ki", with_keypoints(config, k=2), vision_labels=5, keypoint_weight=1.0,
+                           keypoint_teacher_forcing=1.0)  # fmt: skip
+    torch.manual_seed(0)
+    policy = KIPolicy(config)
+    rng = np.random.default_rng(7)
+    batch = builder.collate([_labelled_robot(rng, 2, 4) for _ in range(2)])
+
+    def flow_and_sample():
+        flow_loss = policy(batch, generator=torch.Generator().manual_seed(0)).parts["flow"]
+        with torch.no_grad():
+            chunk = policy.sample_actions(batch, num_steps=2, generator=torch.Generator().manual_seed(0))
+        return flow_loss, chunk
+
+    flow_a, chunk_a = flow_and_sample()
+    policy.zero_grad(set_to_none=True)
+    flow_a.backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in policy.backbone.parameters())
+    with torch.no_grad():
+        policy.expert.keypoints.score.weight.normal_(0, 5.0)  # move the predicted keypoints
+    flow_b, chunk_b = flow_and_sample()
+    assert torch.allclose(flow_a, flow_b)  # training saw the true centres
+    assert not torch.allclose(chunk_a, chunk_b)  # run time acts on the predicted keypoints
+
+
+def test_teacher_forcing_needs_the_keypoint_loss(config):
+    with pytest.raises(ValueError, match="keypoint_teacher_forcing"):
+        recipe_config("ki", with_keypoints(config, k=2), vision_labels=5, keypoint_teacher_forcing=0.5)
+    with pytest.raises(ValueError, match="keypoint_teacher_forcing"):
+        recipe_config("ki", with_keypoints(config, k=2), vision_labels=5, keypoint_weight=1.0,
+                      keypoint_teacher_forcing=1.5)  # fmt: skip
+
+
+def test_teacher_forcing_without_labels_trains_on_the_predicted_keypoints(builder, config):
+    config = recipe_config("ki", with_keypoints(config, k=2), vision_labels=5, keypoint_weight=1.0,
+                           keypoint_teacher_forcing=1.0)  # fmt: skip
+    policy = KIPolicy(config)
+    batch = builder.collate([robot_example(np.random.default_rng(8))])  # no labels
+    out = policy(batch, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.parts["flow"]) and out.parts["keypoint"] == 0
+
+
+def test_attention_pooled_prompt_starts_as_the_mean_and_gives_each_keypoint_its_phrase():
+    torch.manual_seed(0)
+    mean = SpatialKeypoints(2, value_dim=4, grid=2, conditioned=True, key_dim=4)
+    pooled = SpatialKeypoints(2, value_dim=4, grid=2, conditioned=True, key_dim=4, prompt_pool="attention")
+    with torch.no_grad():
+        mean.prompt_query.weight.normal_()
+        pooled.load_state_dict(mean.state_dict(), strict=False)
+    values = torch.randn(1, 1, 4 + 2, 4)  # 2x2 image tokens, then two prompt tokens
+    valid = torch.ones(1, 6, dtype=torch.bool)
+    assert torch.allclose(mean.weights(values, valid), pooled.weights(values, valid), atol=1e-6)
+    with torch.no_grad():  # keypoint 0 reads only prompt token 0, keypoint 1 only prompt token 1
+        values[0, 0, 4:] = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
+        pooled.prompt_pool.weight.copy_(torch.tensor([[50.0, 0, 0, 0], [0, 50.0, 0, 0]]))
+    weights = pooled.weights(values, valid)
+    for k in range(2):  # as if the prompt were that one token alone
+        alone = torch.cat([values[:, :, :4], values[:, :, 4 + k : 5 + k]], dim=2)
+        assert torch.allclose(weights[0, k], mean.weights(alone, valid[:, :5])[0, k], atol=1e-4)
+    with pytest.raises(ValueError, match="prompt_pool"):
+        SpatialKeypoints(2, value_dim=4, grid=2, conditioned=True, prompt_pool="max")

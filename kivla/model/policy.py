@@ -229,7 +229,12 @@ class KIPolicy(nn.Module):
                 t = torch.full((actions.shape[0],), float(flow_time)).to(actions)
             else:
                 raise ValueError(f"flow_time: expected in [0, 1], got {flow_time}")
-        v = self.expert(cache, flow.interpolate(noise, actions, t), t, state)
+        context = None
+        if self.config.keypoint_teacher_forcing > 0 and batch.image_labels is not None:
+            use, centre = self._forced_keypoints(batch, rows, generator)
+            forced = (use.repeat_interleave(k, dim=0), centre.repeat_interleave(k, dim=0))
+            context = self.expert.context(cache, actions.shape[1], actions.dtype, forced)
+        v = self.expert(cache, flow.interpolate(noise, actions, t), t, state, context)
         error = (v - flow.target_velocity(noise, actions)).pow(2).mean(dim=-1)  # [B'k, H]
         per_sample = (error * valid).sum(-1) / valid.sum(-1).clamp(min=1)  # [B'k]
         per_example = per_sample.view(-1, k).mean(-1)  # [B']
@@ -301,9 +306,22 @@ class KIPolicy(nn.Module):
                                           c.vision_labels, c.backbone.patch_size)  # fmt: skip
         has = marked.any(-1)  # [B', 2]
         found = (weights * marked).sum(-1).clamp(min=1e-6)  # softmax mass on the object's token(s)
-        error = (keypoints.points(weights) - centre).pow(2).sum(-1)  # [B', 2]
+        error = (keypoints.points(weights, keypoints.offsets(values)) - centre).pow(2).sum(-1)  # [B', 2]
         per_role = (-found.log() + error) * has
         return self._batch_mean(batch, "keypoint", per_role.sum(-1) / has.sum(-1).clamp(min=1))
+
+    def _forced_keypoints(
+        self, batch: KIBatch, rows: Tensor, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        """Teacher forcing for the flow rows: (use bool [B', 2], centres [B', 2, 2]); an example is
+        forced with probability keypoint_teacher_forcing, each named object it has."""
+        c = self.config
+        labelled = self._labelled_rows(batch, "keypoint")[rows]  # [B']
+        marked, centre = referred_objects(batch.image_labels[rows], batch.image_refs[rows],
+                                          c.vision_labels, c.backbone.patch_size)  # fmt: skip
+        draw = torch.rand(rows.numel(), generator=generator).to(labelled.device)
+        use = marked.any(-1) & (labelled & (draw < c.keypoint_teacher_forcing))[:, None]
+        return use, centre
 
     def _naming_loss(self, hidden: Tensor, owners: Tensor) -> Tensor:
         """[B'] mean over the tokens that own a class of the CE of the tied LM head against the
