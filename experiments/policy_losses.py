@@ -10,6 +10,13 @@ how often the backbone marks the instruction's target on held-out robot frames.
     # the fifth round's runs add, for example: "state_input": "token",
     #     "expert": {"keypoints": 16, "keypoint_layer": 0}
 
+The seventh round's bound trains on privileged-state data (`kivla world generate
+--privileged-state`; the evaluation then gives the policy the same state):
+
+    python experiments/policy_losses.py priv_ki_1500_lr1e3 --recipe ki --data runs/exp/data_priv \
+        --val runs/exp/val_priv --init runs/demo/pretrain/checkpoints/step_00000600 \
+        --steps 1500 --lr 1e-3 --policy '{"state_input": "token"}'
+
 Appends one JSON line to runs/exp/policy_results.jsonl. The sixth round's replanning horizons
 (docs/results/replanning.jsonl, one line a horizon in runs/exp/replan.jsonl):
 
@@ -26,10 +33,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from kivla.data.lerobot_format import LABELS_KEY
 from kivla.data.lerobot_read import LeRobotDataset
 from kivla.data.mixture import MixtureSampler
+from kivla.data.world_env import privileged_state_dim
 from kivla.data.world_scene import GRIPPER_LABEL
 from kivla.eval.baselines import BundlePolicy
 from kivla.eval.rollout import EvalConfig, evaluate
@@ -71,26 +80,64 @@ def target_marking(bundle: PolicyBundle, val: Path, frames: int = 256) -> dict[s
 
 
 @torch.no_grad()
+def image_naming(bundle: PolicyBundle, val: Path, frames: int = 256) -> dict[str, float] | None:
+    """What the backbone's image tokens say through the tied LM head (the "words" readout of
+    pretraining), on held-out robot frames: how often an object's own token scores that object's two
+    words (colour, shape) above every other class's, and how often the token scoring the target's
+    words highest is the target's own (perception a keypoint could at best read, told the words;
+    chance 1/64). None without the words readout's label ids."""
+    policy, c = bundle.policy, bundle.policy.config
+    ids = getattr(policy, "label_token_ids", None)
+    if ids is None or (ids < 0).all():
+        return None
+    batch = _held_out_batch(bundle, val, frames)
+    out = policy.backbone(batch.images, batch.image_mask, batch.prefix_ids, batch.prefix_mask,
+                          image_hidden_layers=(c.vision_layer,))  # fmt: skip
+    hidden = out.image_hidden[c.vision_layer]  # [B, N, W]
+    logp = torch.log_softmax(policy.backbone.lm_logits(F.rms_norm(hidden, hidden.shape[-1:])).float(), -1)
+    scores = 0.5 * logp[..., ids.clamp(min=0)].sum(-1)  # [B, N, C]: mean log-prob of each class's words
+    scores[..., ids[:, 0] < 0] = float("-inf")
+    owners = object_token_labels(batch.image_labels, c.vision_labels, c.backbone.patch_size)  # [B, N]
+    objects = owners > 0
+    named = scores.argmax(-1)[objects] == owners[objects]
+    marked, _ = referred_objects(batch.image_labels, batch.image_refs, c.vision_labels, c.backbone.patch_size)
+    target = batch.image_refs[:, 0, : c.vision_labels].float().argmax(-1)  # [B]: the first-named class
+    has = marked[:, 0].any(-1)
+    by_words = scores.gather(2, target[:, None, None].expand(-1, scores.shape[1], 1)).squeeze(-1)  # [B, N]
+    hit = marked[:, 0].gather(1, by_words.argmax(-1, keepdim=True)).squeeze(1)
+    return {"object_tokens_named": float(named.float().mean()), "object_tokens": int(objects.sum()),
+            "target_found_by_words": float(hit[has].float().mean()), "frames": int(has.sum())}  # fmt: skip
+
+
+@torch.no_grad()
 def keypoint_tracking(bundle: PolicyBundle, val: Path, frames: int = 256) -> dict[str, float] | None:
-    """Where the expert's keypoint 0 lies on held-out robot frames: how often its largest softmax
-    weight is on the target's own image token, and the median xy distance (world units) between
-    its coordinates and the target's centre; None without keypoints."""
+    """Where the expert's keypoints 0 and 1 lie on held-out robot frames, against the objects the
+    instruction names first (the target) and second (a place-on destination): how often the largest
+    softmax weight is on the object's own image token, the median xy distance (world units) between
+    the keypoint and the object's centre, and the share within 0.05 (a reach's tolerance); None
+    without keypoints."""
     policy, c = bundle.policy, bundle.policy.config
     keypoints = policy.expert.keypoints
     if keypoints is None:
         return None
     batch = _held_out_batch(bundle, val, frames)
     cache = policy.backbone(batch.images, batch.image_mask, batch.prefix_ids, batch.prefix_mask).cache
-    weights = keypoints.weights(cache.values[c.expert.keypoint_layer], cache.valid)[:, 0].float()  # [B, n]
+    values = cache.values[c.expert.keypoint_layer]
+    weights = keypoints.weights(values, cache.valid)[:, :2].float()  # [B, 2, n]
+    points = keypoints.points(weights, keypoints.offsets(values))  # [B, 2, 2] in [-1, 1]
     marked, centre = referred_objects(batch.image_labels, batch.image_refs, c.vision_labels,
                                       c.backbone.patch_size)  # fmt: skip
-    target, truth = marked[:, 0], centre[:, 0]  # [B, n], [B, 2]: the object named first
-    has = target.any(-1)
-    hit = target.gather(1, weights.argmax(-1, keepdim=True)).squeeze(1)
-    point = keypoints.points(weights[:, None])[:, 0]  # [B, 2] in [-1, 1]
-    error = ((point - truth).norm(dim=-1) / 2)[has]  # [-1, 1] spans the table: world units / 2
-    return {"target_token_accuracy": float(hit[has].float().mean()), "frames": int(has.sum()),
-            "median_xy_error": float(error.median()), "chance": 1.0 / target.shape[1]}  # fmt: skip
+    out: dict[str, float] = {"chance": 1.0 / marked.shape[-1]}
+    for role, prefix in ((0, ""), (1, "destination_")):
+        has = marked[:, role].any(-1)
+        if not has.any():
+            continue
+        hit = marked[:, role].gather(1, weights[:, role].argmax(-1, keepdim=True)).squeeze(1)
+        error = ((points[:, role] - centre[:, role]).norm(dim=-1) / 2)[has]  # [-1, 1] spans the table
+        out |= {f"{prefix}target_token_accuracy": float(hit[has].float().mean()),
+                f"{prefix}frames": int(has.sum()), f"{prefix}median_xy_error": float(error.median()),
+                f"{prefix}within_0.05": float((error < 0.05).float().mean())}  # fmt: skip
+    return out
 
 
 @torch.no_grad()
@@ -156,8 +203,10 @@ def replanning(checkpoint: Path, execute_steps: list[int], episodes: int) -> Non
     """Closed loop of one checkpoint for each replanning horizon (same seeds), one line each."""
     for k in execute_steps:
         start = time.time()
-        config = EvalConfig(episodes=episodes, execute_steps=k)
-        summary = evaluate(BundlePolicy(PolicyBundle.load(checkpoint), seed=0), config,
+        bundle = PolicyBundle.load(checkpoint)
+        config = EvalConfig(episodes=episodes, execute_steps=k,
+                            privileged_state=privileged_state_dim(bundle.builder.state_dim))  # fmt: skip
+        summary = evaluate(BundlePolicy(bundle, seed=0), config,
                            Path(f"runs/exp/replan_{k}")).summary()  # fmt: skip
         row = {"checkpoint": str(checkpoint), "execute_steps": k, "eval_s": round(time.time() - start, 1)}
         for split, v in summary.items():
@@ -193,6 +242,7 @@ def main() -> None:
         bundle = PolicyBundle.load(args.only_probe)
         print("grasp points", grasp_points(bundle, args.val), "marking", target_marking(bundle, args.val))
         print("keypoint 0", keypoint_tracking(bundle, args.val))
+        print("image naming", image_naming(bundle, args.val))
         print("sensitivity", sensitivity(bundle, args.val))
         return
     out = Path("runs/exp/policy") / args.name
@@ -207,7 +257,8 @@ def main() -> None:
     train_s = time.time() - start
     bundle = PolicyBundle.load(checkpoint)
     start = time.time()
-    config = EvalConfig(episodes=args.episodes, execute_steps=args.execute_steps)
+    config = EvalConfig(episodes=args.episodes, execute_steps=args.execute_steps,
+                        privileged_state=privileged_state_dim(bundle.builder.state_dim))  # fmt: skip
     closed = evaluate(BundlePolicy(bundle, seed=0), config, out / "eval").summary()
     record = {
         "name": args.name,
@@ -218,6 +269,7 @@ def main() -> None:
         "flow_validation": flow_validation(bundle, args.val, ValidationConfig(num_frames=256)),
         "marking": target_marking(bundle, args.val),
         "keypoint_tracking": keypoint_tracking(bundle, args.val),
+        "image_naming": image_naming(bundle, args.val),
         "grasp_points": grasp_points(bundle, args.val),
         "sensitivity": sensitivity(bundle, args.val),
     }
@@ -230,7 +282,7 @@ def main() -> None:
         )
         print(f"{split}: success {s['success_rate']:.1%} follow {s['follow_rate']:.1%} ({fams})")
     print("flow val", record["flow_validation"], "marking", record["marking"])
-    print("keypoint 0", record["keypoint_tracking"])
+    print("keypoint 0", record["keypoint_tracking"], "image naming", record["image_naming"])
     print("grasp points", record["grasp_points"], "sensitivity", record["sensitivity"])
 
 
