@@ -1,4 +1,5 @@
-"""`kivla serve` as a user runs it: a run directory, a process, openpi's client, then Ctrl-C."""
+"""`kivla serve` as a user runs it: a run directory, a process, openpi's client, then Ctrl-C
+(or SIGTERM, as a process manager stops it)."""
 
 import os
 import re
@@ -33,7 +34,8 @@ def _wait_for_port(process: subprocess.Popen, timeout: float = 60) -> int:
     raise AssertionError("kivla serve did not report its port:\n" + "".join(lines))
 
 
-def test_kivla_serve_process(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_kivla_serve_process(tmp_path, stop):
     save_tiny_world_bundle(tmp_path / "run" / "checkpoints" / "step_00000002")
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "KIVLA_API_KEY": "from-env"}  # fmt: skip
@@ -52,8 +54,14 @@ def test_kivla_serve_process(tmp_path):
         actions = client.infer(obs)["actions"]
         assert actions.shape == (8, 4) and np.isfinite(actions).all()
     finally:
-        process.send_signal(signal.SIGINT)
-        assert process.wait(30) == 0
+        process.send_signal(stop)
+        try:
+            code = process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            log = process.stderr.read()[-4000:]
+            raise AssertionError(f"kivla serve did not stop on {stop.name}:\n{log}") from None
+    assert code == 0
 
 
 def test_bad_options_are_one_line_errors(tmp_path, capsys):

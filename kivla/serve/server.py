@@ -20,6 +20,7 @@ import http
 import ipaddress
 import itertools
 import logging
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -229,7 +230,20 @@ class PolicyServer:
                 await self.batcher.close()
 
     def run(self) -> None:
-        asyncio.run(self.serve())
+        """Serve until SIGINT (Ctrl-C) or SIGTERM, then close the connections and the batcher.
+
+        The signals set a stop event on the loop rather than interrupting it (asyncio.run's own
+        Ctrl-C handling cancels the main task, and a cancellation that lands inside a library's
+        timeout block can be swallowed, leaving the server running)."""
+
+        async def main() -> None:
+            stop, loop = asyncio.Event(), asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.add_signal_handler(sig, stop.set)  # not on Windows or off the main thread
+            await self.serve(stop=stop)
+
+        asyncio.run(main())
 
 
 def _reply(request: Request, result: Result, total_ms: float, prev_total_ms: float | None) -> dict:
