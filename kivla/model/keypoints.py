@@ -98,8 +98,10 @@ class SpatialKeypoints(nn.Module):
                 pool = self.prompt_pool(prompt).masked_fill(~valid[:, n:, None], float("-inf"))  # [B, Lp, K]
                 pool = torch.softmax(pool, dim=1).nan_to_num(0.0)
                 summary = torch.einsum("blk,bld->bkd", pool, prompt)  # [B, K, value_dim]: one per keypoint
-                every = self.prompt_query(summary).view(b, k, k, self.key_dim)  # [B, summary, keypoint, dk]
-                queries = every.diagonal(dim1=1, dim2=2).transpose(1, 2)  # [B, K, dk]: from its own summary
+                # Keypoint k's rows of prompt_query applied to its own summary only.
+                weight = self.prompt_query.weight.view(k, self.key_dim, -1)  # [K, dk, value_dim]
+                bias = self.prompt_query.bias.view(k, self.key_dim)
+                queries = torch.einsum("bkd,kqd->bkq", summary, weight) + bias  # [B, K, dk]
             keys = self.token_key(features)  # [B, n, dk]
             scores = scores + queries @ keys.transpose(1, 2) / self.key_dim**0.5
         image = valid[:, :n]  # [B, n]
