@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from kivla.data.lerobot_format import LABELS_KEY
 from kivla.data.lerobot_read import LeRobotDataset
@@ -94,7 +93,7 @@ def image_naming(bundle: PolicyBundle, val: Path, frames: int = 256) -> dict[str
     out = policy.backbone(batch.images, batch.image_mask, batch.prefix_ids, batch.prefix_mask,
                           image_hidden_layers=(c.vision_layer,))  # fmt: skip
     hidden = out.image_hidden[c.vision_layer]  # [B, N, W]
-    logp = torch.log_softmax(policy.backbone.lm_logits(F.rms_norm(hidden, hidden.shape[-1:])).float(), -1)
+    logp = policy.image_word_logprobs(hidden)  # [B, N, V]
     scores = 0.5 * logp[..., ids.clamp(min=0)].sum(-1)  # [B, N, C]: mean log-prob of each class's words
     scores[..., ids[:, 0] < 0] = float("-inf")
     owners = object_token_labels(batch.image_labels, c.vision_labels, c.backbone.patch_size)  # [B, N]

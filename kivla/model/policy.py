@@ -323,6 +323,11 @@ class KIPolicy(nn.Module):
         use = marked.any(-1) & (labelled & (draw < c.keypoint_teacher_forcing))[:, None]
         return use, centre
 
+    def image_word_logprobs(self, hidden: Tensor) -> Tensor:
+        """Image tokens [B, N, W] -> float log-probabilities of the vocabulary [B, N, V] through the
+        tied LM head: what the "words" readout makes each token name."""
+        return F.log_softmax(self.backbone.lm_logits(F.rms_norm(hidden, hidden.shape[-1:])).float(), -1)
+
     def _naming_loss(self, hidden: Tensor, owners: Tensor) -> Tensor:
         """[B'] mean over the tokens that own a class of the CE of the tied LM head against the
         words naming it (half the target mass on each of two words)."""
@@ -330,7 +335,7 @@ class KIPolicy(nn.Module):
         named = ids[..., 0] >= 0
         if (self.label_token_ids < 0).all():
             raise ValueError("vision_readout 'words': call KIPolicy.set_label_words first")
-        logp = F.log_softmax(self.backbone.lm_logits(F.rms_norm(hidden, hidden.shape[-1:])).float(), -1)
+        logp = self.image_word_logprobs(hidden)
         nll = -0.5 * (logp.gather(-1, ids.clamp(min=0)).sum(-1))  # [B', N]
         return (nll * named).sum(-1) / named.sum(-1).clamp(min=1)
 
