@@ -37,7 +37,7 @@ import torch
 from kivla.data.lerobot_format import LABELS_KEY
 from kivla.data.lerobot_read import LeRobotDataset
 from kivla.data.mixture import MixtureSampler
-from kivla.data.world_env import privileged_state_dim
+from kivla.data.world_env import is_privileged_state_dim
 from kivla.data.world_scene import GRIPPER_LABEL
 from kivla.eval.baselines import BundlePolicy
 from kivla.eval.rollout import EvalConfig, evaluate
@@ -204,7 +204,7 @@ def replanning(checkpoint: Path, execute_steps: list[int], episodes: int) -> Non
         start = time.time()
         bundle = PolicyBundle.load(checkpoint)
         config = EvalConfig(episodes=episodes, execute_steps=k,
-                            privileged_state=privileged_state_dim(bundle.builder.state_dim))  # fmt: skip
+                            privileged_state=is_privileged_state_dim(bundle.builder.state_dim))  # fmt: skip
         summary = evaluate(BundlePolicy(bundle, seed=0), config,
                            Path(f"runs/exp/replan_{k}")).summary()  # fmt: skip
         row = {"checkpoint": str(checkpoint), "execute_steps": k, "eval_s": round(time.time() - start, 1)}
@@ -257,7 +257,7 @@ def main() -> None:
     bundle = PolicyBundle.load(checkpoint)
     start = time.time()
     config = EvalConfig(episodes=args.episodes, execute_steps=args.execute_steps,
-                        privileged_state=privileged_state_dim(bundle.builder.state_dim))  # fmt: skip
+                        privileged_state=is_privileged_state_dim(bundle.builder.state_dim))  # fmt: skip
     closed = evaluate(BundlePolicy(bundle, seed=0), config, out / "eval").summary()
     record = {
         "name": args.name,

@@ -70,7 +70,7 @@ class WorldConfig:
             raise ValueError(f"WorldConfig.families: expected a non-empty subset of {FAMILIES}, got {bad}")
 
 
-def privileged_state_dim(state_dim: int) -> bool:
+def is_privileged_state_dim(state_dim: int) -> bool:
     """True when a policy's state size is that of the privileged state (evaluate it with one)."""
     return state_dim == STATE_DIM + len(PRIVILEGED_NAMES)
 

@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     import json
 
-    from kivla.data.world_env import privileged_state_dim
+    from kivla.data.world_env import is_privileged_state_dim
     from kivla.eval.baselines import BundlePolicy, OraclePolicy, RandomPolicy
     from kivla.eval.rollout import EvalConfig, evaluate
 
@@ -101,7 +101,7 @@ def run_eval(args: argparse.Namespace) -> int:
         image_size = bundle.builder.image_size
     # A policy trained on a privileged-state dataset (`kivla world generate --privileged-state`)
     # is evaluated with the same state.
-    privileged = bundle is not None and privileged_state_dim(bundle.builder.state_dim)
+    privileged = bundle is not None and is_privileged_state_dim(bundle.builder.state_dim)
     splits = ("train", "ood") if args.split == "both" else (args.split,)
     config = EvalConfig(
         episodes=args.episodes,
