@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,13 @@ def _rank_entry(rank: int, world_size: int, port: int, fn: Callable[..., Any], a
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")  # fmt: skip
     torch.set_num_threads(1)
     fn(*args)
+    # Leave without interpreter finalization: under load, gloo's worker threads can still hold
+    # work when the interpreter tears down, and the rank then aborts ("terminate called without
+    # an active exception", SIGABRT) after everything it had to do is done and written. An
+    # exception in `fn` still reaches mp.spawn as a failure.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_ranks(fn: Callable[..., Any], *args: Any, world_size: int = 2) -> None:
