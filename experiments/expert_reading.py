@@ -107,7 +107,7 @@ def spread(policy: KIPolicy) -> list[dict[str, float]]:
     """Per backbone layer: std of the image tokens' K and V across tokens over their RMS
     (0: every image token looks the same to the expert)."""
     batch, _ = toy_batch(16, torch.Generator().manual_seed(3))
-    cache = policy.backbone(batch.images, batch.image_mask, batch.prefix_ids, batch.prefix_mask).cache
+    cache = policy.encode_prefix(batch)
     n = policy.config.backbone.num_image_tokens
     rel = lambda x: float(x.std(2).pow(2).mean().sqrt() / x.pow(2).mean().sqrt())  # noqa: E731
     return [{"layer": i, "k_spread": rel(k[:, :, :n]), "v_spread": rel(v[:, :, :n])}

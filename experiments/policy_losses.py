@@ -120,9 +120,9 @@ def keypoint_tracking(bundle: PolicyBundle, val: Path, frames: int = 256) -> dic
     if keypoints is None:
         return None
     batch = _held_out_batch(bundle, val, frames)
-    cache = policy.backbone(batch.images, batch.image_mask, batch.prefix_ids, batch.prefix_mask).cache
+    cache = policy.encode_prefix(batch)
     values = cache.values[c.expert.keypoint_layer]
-    weights = keypoints.weights(values, cache.valid)[:, :2].float()  # [B, 2, n]
+    weights = keypoints.weights(values, cache.valid, cache.image_naming)[:, :2].float()  # [B, 2, n]
     points = keypoints.points(weights, keypoints.offsets(values))  # [B, 2, 2] in [-1, 1]
     marked, centre = referred_objects(batch.image_labels, batch.image_refs, c.vision_labels,
                                       c.backbone.patch_size)  # fmt: skip

@@ -21,26 +21,37 @@ from kivla.model.masks import backbone_attention_mask, following_positions, pref
 
 @dataclass
 class PrefixCache:
-    """What the expert reads: per layer prefix K and V [B, kv_heads, Np, head_dim], valid [B, Np]."""
+    """What the expert reads: per layer prefix K and V [B, kv_heads, Np, head_dim], valid [B, Np];
+    and, for keypoints scored by the backbone's naming (`ExpertConfig.keypoint_naming`), the
+    log-probability of each prompt token's word at each image token [B, n, Lp] (KIPolicy fills it)."""
 
     keys: list[Tensor]
     values: list[Tensor]
     valid: Tensor  # bool [B, Np]
+    image_naming: Tensor | None = None  # float [B, n, Lp]
+
+    def _map(self, fn) -> PrefixCache:
+        naming = None if self.image_naming is None else fn(self.image_naming)
+        return PrefixCache([fn(k) for k in self.keys], [fn(v) for v in self.values], self.valid, naming)
 
     def detach(self) -> PrefixCache:
-        """Stop-gradient on K/V: the forward pass is identical, the backward pass stops here."""
-        return PrefixCache([k.detach() for k in self.keys], [v.detach() for v in self.values], self.valid)
+        """Stop-gradient on everything the expert reads: the forward pass is identical, the
+        backward pass stops here."""
+        return self._map(lambda x: x.detach())
 
     def repeat(self, k: int) -> PrefixCache:
         """Each example k times along the batch (k flow times share one backbone pass)."""
         if k == 1:
             return self
-        rep = lambda x: x.repeat_interleave(k, dim=0)  # noqa: E731
-        return PrefixCache([rep(x) for x in self.keys], [rep(x) for x in self.values], rep(self.valid))
+        cache = self._map(lambda x: x.repeat_interleave(k, dim=0))
+        cache.valid = self.valid.repeat_interleave(k, dim=0)
+        return cache
 
     def select(self, index: Tensor) -> PrefixCache:
         """The examples at `index` (long [B'])."""
-        return PrefixCache([x[index] for x in self.keys], [x[index] for x in self.values], self.valid[index])
+        cache = self._map(lambda x: x[index])
+        cache.valid = self.valid[index]
+        return cache
 
 
 @dataclass

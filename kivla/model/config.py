@@ -144,6 +144,11 @@ class ExpertConfig:
     # keypoint is the softmax-weighted mean of (token centre + offset): positions finer than the
     # 8x8 grid (a reach must end within 0.05 of the object, a patch is 0.125 wide).
     keypoint_offsets: bool = False
+    # Keypoint scores also read the backbone's naming of the image tokens: the log-probability its
+    # tied LM head gives each prompt word at each image token (at KIPolicyConfig.vision_layer, the
+    # layer the "words" readout of pretraining trains), detached where the expert reads it, pooled
+    # over the prompt per keypoint (SpatialKeypoints). Needs the built-in backbone.
+    keypoint_naming: bool = False
 
     def __post_init__(self) -> None:
         if self.num_heads is not None:
@@ -159,6 +164,8 @@ class ExpertConfig:
             raise ValueError(
                 f"ExpertConfig.keypoint_input: expected 'token' or 'norm', got {self.keypoint_input!r}"
             )
+        if self.keypoint_naming and self.keypoints == 0:
+            raise ValueError("ExpertConfig.keypoint_naming: needs keypoints > 0, got keypoints=0")
         _positive(
             "ExpertConfig",
             width=self.width,

@@ -100,7 +100,8 @@ class ActionExpert(nn.Module):
             self.keypoints = SpatialKeypoints(c.keypoints, value_dim, backbone.image_grid,
                                               conditioned=c.keypoints_follow_prompt,
                                               offsets=c.keypoint_offsets,
-                                              prompt_pool=c.keypoint_prompt_pool)  # fmt: skip
+                                              prompt_pool=c.keypoint_prompt_pool,
+                                              naming=c.keypoint_naming)  # fmt: skip
             if c.keypoint_input == "token":
                 self.keypoints_in = nn.Linear(2 * c.keypoints, c.width)
             else:  # added to the time conditioning, which ends in a SiLU as well
@@ -136,7 +137,7 @@ class ActionExpert(nn.Module):
         positions = start + torch.arange(num_expert, device=cache.valid.device)[None]
         keypoint_token = keypoint_cond = None
         if self.keypoints is not None:  # [B, K, 2] -> one token in front of the others, or FiLM
-            points = self.keypoints(cache.values[self.config.keypoint_layer], cache.valid)
+            points = self.keypoints(cache.values[self.config.keypoint_layer], cache.valid, cache.image_naming)
             if forced is not None:
                 use, true = forced
                 f = use.shape[1]

@@ -29,10 +29,15 @@ class SpatialKeypoints(nn.Module):
     destination's (a mean of "put the red circle on the blue square" cannot tell which is which).
     With `offsets`, each token also says where inside its patch its object's centre lies (at most
     half a patch from the token's centre), and a keypoint averages those points instead of the
-    token centres."""
+    token centres. With `naming`, each keypoint's score of a token also has the backbone's own
+    reading of that token: the log-probability it gives each prompt word there (the "words"
+    readout of pretraining, `PrefixCache.image_naming`), pooled over the prompt with the
+    keypoint's prompt weights and scaled by a learned gain, so that keypoint 0 can score tokens by
+    how strongly the backbone names them with the target's words instead of learning to see again."""
 
     def __init__(self, num_keypoints: int, value_dim: int, grid: int, conditioned: bool = False,
-                 key_dim: int = 32, offsets: bool = False, prompt_pool: str = "mean") -> None:  # fmt: skip
+                 key_dim: int = 32, offsets: bool = False, prompt_pool: str = "mean",
+                 naming: bool = False) -> None:  # fmt: skip
         super().__init__()
         if prompt_pool not in ("mean", "attention"):
             raise ValueError(f"prompt_pool: expected 'mean' or 'attention', got {prompt_pool!r}")
@@ -53,18 +58,21 @@ class SpatialKeypoints(nn.Module):
             nn.init.zeros_(self.prompt_query.weight)  # the term starts at zero but gets a gradient
             nn.init.zeros_(self.prompt_query.bias)
         self.prompt_pool = None
-        if conditioned and prompt_pool == "attention":
+        if (conditioned or naming) and prompt_pool == "attention":
             self.prompt_pool = nn.Linear(value_dim, num_keypoints)
             nn.init.zeros_(self.prompt_pool.weight)  # starts as the mean
             nn.init.zeros_(self.prompt_pool.bias)
+        # Gain of the naming term per keypoint (log-probabilities are in nats: a gain of 1 already
+        # makes the token the backbone names with the pooled words dominate).
+        self.naming_gain = nn.Parameter(torch.ones(num_keypoints)) if naming else None
         centres = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid * 2 - 1
         ys, xs = torch.meshgrid(centres, centres, indexing="ij")  # row-major, as the image tokens
         self.register_buffer("coords", torch.stack([xs.flatten(), ys.flatten()], dim=-1), persistent=False)
 
-    def forward(self, values: Tensor, valid: Tensor) -> Tensor:
-        """values [B, kv, Np, hd] (image tokens first), valid bool [B, Np] -> [B, K, 2]; examples
-        without an image get keypoints at the centre (0, 0)."""
-        return self.points(self.weights(values, valid), self.offsets(values))
+    def forward(self, values: Tensor, valid: Tensor, naming: Tensor | None = None) -> Tensor:
+        """values [B, kv, Np, hd] (image tokens first), valid bool [B, Np] (and naming [B, n, Lp]
+        with `naming`) -> [B, K, 2]; examples without an image get keypoints at the centre (0, 0)."""
+        return self.points(self.weights(values, valid, naming), self.offsets(values))
 
     def offsets(self, values: Tensor) -> Tensor | None:
         """values [B, kv, Np, hd] -> each image token's offset of its point from its patch centre
@@ -81,29 +89,44 @@ class SpatialKeypoints(nn.Module):
             coords = coords + offsets.to(weights.dtype)  # [B, n, 2]
         return weights @ coords
 
-    def weights(self, values: Tensor, valid: Tensor) -> Tensor:
-        """values [B, kv, Np, hd], valid bool [B, Np] -> each keypoint's softmax over the image
-        tokens [B, K, n] (all zero for an example without an image)."""
+    def weights(self, values: Tensor, valid: Tensor, naming: Tensor | None = None) -> Tensor:
+        """values [B, kv, Np, hd], valid bool [B, Np] (naming [B, n, Lp]: log-probability of each
+        prompt token's word at each image token, needed with `naming`) -> each keypoint's softmax
+        over the image tokens [B, K, n] (all zero for an example without an image)."""
         n = self.grid * self.grid
         features = rearrange(values[:, :, :n], "b h n d -> b n (h d)")
         scores = self.score(features).transpose(1, 2)  # [B, K, n]
-        if self.token_key is not None:
+        if self.token_key is not None or self.naming_gain is not None:
             prompt = rearrange(values[:, :, n:], "b h l d -> b l (h d)")  # [B, Lp, value_dim]
-            b, k = prompt.shape[0], self.num_keypoints
-            if self.prompt_pool is None:
-                mask = valid[:, n:, None].to(prompt.dtype)
-                summary = (prompt * mask).sum(1) / mask.sum(1).clamp(min=1)  # [B, value_dim]
-                queries = self.prompt_query(summary).view(b, k, self.key_dim)  # [B, K, dk]
-            else:
-                pool = self.prompt_pool(prompt).masked_fill(~valid[:, n:, None], float("-inf"))  # [B, Lp, K]
-                pool = torch.softmax(pool, dim=1).nan_to_num(0.0)
-                summary = torch.einsum("blk,bld->bkd", pool, prompt)  # [B, K, value_dim]: one per keypoint
-                # Keypoint k's rows of prompt_query applied to its own summary only.
-                weight = self.prompt_query.weight.view(k, self.key_dim, -1)  # [K, dk, value_dim]
-                bias = self.prompt_query.bias.view(k, self.key_dim)
-                queries = torch.einsum("bkd,kqd->bkq", summary, weight) + bias  # [B, K, dk]
+            pool = self.prompt_weights(prompt, valid[:, n:])  # [B, Lp, K]
+        if self.token_key is not None:
+            k = self.num_keypoints
+            summary = torch.einsum("blk,bld->bkd", pool, prompt)  # [B, K, value_dim]: one per keypoint
+            # Keypoint k's rows of prompt_query applied to its own summary only.
+            weight = self.prompt_query.weight.view(k, self.key_dim, -1)  # [K, dk, value_dim]
+            bias = self.prompt_query.bias.view(k, self.key_dim)
+            queries = torch.einsum("bkd,kqd->bkq", summary, weight) + bias  # [B, K, dk]
             keys = self.token_key(features)  # [B, n, dk]
             scores = scores + queries @ keys.transpose(1, 2) / self.key_dim**0.5
+        if self.naming_gain is not None:
+            if naming is None or naming.shape != (values.shape[0], n, values.shape[2] - n):
+                got = None if naming is None else list(naming.shape)
+                raise ValueError(
+                    f"naming: keypoints scored by the backbone's naming need the image naming "
+                    f"[B, {n}, Lp={values.shape[2] - n}] (PrefixCache.image_naming), got {got}"
+                )
+            named = torch.einsum("blk,bnl->bkn", pool.to(naming.dtype), naming)  # [B, K, n]
+            scores = scores + (self.naming_gain[:, None] * named).to(scores.dtype)
         image = valid[:, :n]  # [B, n]
         scores = scores.masked_fill(~image[:, None], float("-inf"))
         return torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows without an image: all zero
+
+    def prompt_weights(self, prompt: Tensor, valid: Tensor) -> Tensor:
+        """Prompt values [B, Lp, value_dim], valid bool [B, Lp] -> each keypoint's weights over the
+        prompt tokens [B, Lp, K] (summing to 1 over the valid ones): their mean, or with
+        prompt_pool="attention" the keypoint's own learned attention."""
+        if self.prompt_pool is None:
+            mask = valid[..., None].to(prompt.dtype)
+            return (mask / mask.sum(1, keepdim=True).clamp(min=1)).expand(-1, -1, self.num_keypoints)
+        pool = self.prompt_pool(prompt).masked_fill(~valid[..., None], float("-inf"))  # [B, Lp, K]
+        return torch.softmax(pool, dim=1).nan_to_num(0.0)

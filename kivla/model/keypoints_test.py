@@ -12,8 +12,9 @@ from kivla.model.policy import KIPolicy
 from kivla.model.presets import recipe_config
 
 
-def with_keypoints(config, k: int = 3, layer: int = -1, input: str = "token"):
-    expert = dataclasses.replace(config.expert, keypoints=k, keypoint_layer=layer, keypoint_input=input)
+def with_keypoints(config, k: int = 3, layer: int = -1, input: str = "token", naming: bool = False):
+    expert = dataclasses.replace(config.expert, keypoints=k, keypoint_layer=layer, keypoint_input=input,
+                                 keypoint_naming=naming)  # fmt: skip
     return dataclasses.replace(config, expert=expert)
 
 
@@ -41,10 +42,11 @@ def test_examples_without_an_image_get_the_centre():
     assert torch.isfinite(points).all() and torch.equal(points[1], torch.zeros(2, 2))
 
 
-@pytest.mark.parametrize("keypoint_input", ["token", "norm"])
-def test_insulated_flow_loss_with_keypoints_leaves_the_backbone_untouched(builder, config, keypoint_input):
+@pytest.mark.parametrize("keypoint_input,naming", [("token", False), ("norm", False), ("token", True)])
+def test_insulated_flow_loss_with_keypoints_leaves_the_backbone_untouched(builder, config, keypoint_input,
+                                                                          naming):  # fmt: skip
     torch.manual_seed(0)
-    policy = KIPolicy(recipe_config("ki", with_keypoints(config, input=keypoint_input)))
+    policy = KIPolicy(recipe_config("ki", with_keypoints(config, input=keypoint_input, naming=naming)))
     with torch.no_grad():  # zero-initialized, it would pass no gradient to "norm" keypoints at step 0
         policy.expert.modulation.weight.normal_(std=0.01)
     rng = np.random.default_rng(0)
@@ -59,6 +61,8 @@ def test_insulated_flow_loss_with_keypoints_leaves_the_backbone_untouched(builde
         g is None or torch.count_nonzero(g) == 0 for n, g in grads.items() if n.startswith("backbone.")
     )
     assert grads["expert.keypoints.score.weight"].abs().sum() > 0
+    if naming:  # the naming term reads the backbone (detached) and trains its gain
+        assert grads["expert.keypoints.naming_gain"].abs().sum() > 0
     cached = policy.sample_actions(batch, generator=torch.Generator().manual_seed(1))
     uncached = policy.sample_actions(batch, use_cache=False, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(cached, uncached, atol=1e-5)
@@ -153,14 +157,16 @@ def _labelled_robot(rng, first: int, second: int):
     return dataclasses.replace(example, image_labels=labels, image_refs=((first,), (second,)))
 
 
-def _supervised(config):
-    config = recipe_config("ki", with_keypoints(config, k=2), vision_labels=5, keypoint_weight=1.0)
+def _supervised(config, naming: bool = False):
+    config = recipe_config("ki", with_keypoints(config, k=2, naming=naming), vision_labels=5,
+                           keypoint_weight=1.0)  # fmt: skip
     torch.manual_seed(0)
     return KIPolicy(config)
 
 
-def test_keypoint_loss_trains_the_keypoint_scores_only(builder, config):
-    policy = _supervised(config)
+@pytest.mark.parametrize("naming", [False, True])
+def test_keypoint_loss_trains_the_keypoint_scores_only(builder, config, naming):
+    policy = _supervised(config, naming)
     rng = np.random.default_rng(5)
     batch = builder.collate([_labelled_robot(rng, 2, 4), vqa_example(rng)])
     out = policy(batch, generator=torch.Generator().manual_seed(0))
@@ -273,3 +279,40 @@ def test_attention_pooled_prompt_starts_as_the_mean_and_gives_each_keypoint_its_
         assert torch.allclose(weights[0, k], mean.weights(alone, valid[:, :5])[0, k], atol=1e-4)
     with pytest.raises(ValueError, match="prompt_pool"):
         SpatialKeypoints(2, value_dim=4, grid=2, conditioned=True, prompt_pool="max")
+
+
+def test_naming_keypoints_score_each_token_by_how_the_backbone_names_it_with_the_prompt_words():
+    """Prompt word 0 is named at image token 1, word 1 at token 2 (log-probabilities): the mean pool
+    splits each keypoint between the two tokens, a pool on one word puts its keypoint on that token."""
+    module = SpatialKeypoints(2, value_dim=4, grid=2, naming=True, prompt_pool="attention")
+    values = torch.zeros(1, 1, 4 + 2, 4)  # 2x2 image tokens, then two prompt tokens
+    values[0, 0, 4:] = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
+    valid = torch.ones(1, 6, dtype=torch.bool)
+    naming = torch.full((1, 4, 2), -12.0)  # [B, n, Lp]
+    naming[0, 1, 0] = naming[0, 2, 1] = -0.1
+    weights = module.weights(values, valid, naming)  # [B, K, n]
+    assert torch.allclose(weights[0, :, 1], weights[0, :, 2]) and (weights[0, :, 1] > 0.49).all()
+    with torch.no_grad():  # keypoint 0 reads only prompt word 0, keypoint 1 only word 1
+        module.prompt_pool.weight.copy_(torch.tensor([[50.0, 0, 0, 0], [0, 50.0, 0, 0]]))
+    weights = module.weights(values, valid, naming)
+    assert weights[0, 0, 1] > 0.99 and weights[0, 1, 2] > 0.99
+    weights.sum().backward()  # a gain per keypoint, trained like the rest of the scores
+    assert module.naming_gain.grad is not None
+    with pytest.raises(ValueError, match="naming"):
+        module.weights(values, valid)
+
+
+def test_policy_hands_the_expert_the_image_naming_of_its_prompt(builder, config):
+    policy = KIPolicy(recipe_config("frozen", with_keypoints(config, naming=True)))
+    batch = builder.collate([robot_example(np.random.default_rng(i)) for i in (3, 4)])
+    cache = policy.encode_prefix(batch)
+    n = policy.backbone.image_grid**2
+    assert cache.image_naming.shape == (2, n, batch.prefix_ids.shape[1])
+    hidden = policy.backbone(batch.images, batch.image_mask, batch.prefix_ids, batch.prefix_mask,
+                             image_hidden_layers=(0,)).image_hidden[0]  # fmt: skip
+    logp = policy.image_word_logprobs(hidden)  # [B, n, V]
+    word = batch.prefix_ids[1, 3]
+    assert torch.allclose(cache.image_naming[1, :, 3], logp[1, :, word])
+    assert policy.encode_prefix(batch).select(torch.tensor([1])).image_naming.shape[0] == 1
+    with pytest.raises(ValueError, match="keypoint_naming"):
+        with_keypoints(config, k=0, naming=True)

@@ -144,9 +144,32 @@ class KIPolicy(nn.Module):
     # -- forward ---------------------------------------------------------------------------------
     def _encode(self, batch: KIBatch, with_suffix: bool, image_hidden_layers: tuple[int, ...] = ()):
         suffix = (batch.suffix_ids, batch.suffix_mask) if with_suffix else (None, None)
-        extra = {"image_hidden_layers": image_hidden_layers} if image_hidden_layers else {}
-        return self.backbone(batch.images, batch.image_mask, batch.prefix_ids, batch.prefix_mask, *suffix,
-                             **extra)  # fmt: skip
+        naming = self.config.expert.keypoint_naming
+        layers = tuple(sorted(set(image_hidden_layers) | ({self.config.vision_layer} if naming else set())))
+        extra = {"image_hidden_layers": layers} if layers else {}
+        out = self.backbone(batch.images, batch.image_mask, batch.prefix_ids, batch.prefix_mask, *suffix,
+                            **extra)  # fmt: skip
+        if naming:
+            out.cache.image_naming = self.prompt_word_logprobs(out, batch.prefix_ids)
+        return out
+
+    def encode_prefix(self, batch: KIBatch) -> PrefixCache:
+        """The prefix cache the expert reads at sampling time (image + prompt, no suffix; with the
+        image naming when the keypoints read it)."""
+        return self._encode(batch, with_suffix=False).cache
+
+    def prompt_word_logprobs(self, out: BackboneOutput, prefix_ids: Tensor) -> Tensor:
+        """The backbone's naming of its image tokens in the prompt's words: [B, n, Lp] float, the
+        log-probability of prompt token l's word at image token i through the tied LM head (at
+        `vision_layer`, the "words" readout of pretraining); what keypoints scored by naming read."""
+        layer = self.config.vision_layer
+        if layer not in out.image_hidden:
+            raise ValueError(
+                f"ExpertConfig.keypoint_naming: the backbone ({type(self.backbone).__name__}) does not "
+                f"expose its image tokens after layer {layer} (vision_layer)"
+            )
+        logp = self.image_word_logprobs(out.image_hidden[layer])  # [B, n, V]
+        return logp.gather(-1, prefix_ids[:, None].expand(-1, logp.shape[1], -1))  # [B, n, Lp]
 
     def _expert_reads(self, cache: PrefixCache) -> PrefixCache:
         # The one place where insulation happens: the forward pass is unchanged.
@@ -300,8 +323,9 @@ class KIPolicy(nn.Module):
         c = self.config
         rows = self._labelled_rows(batch, "keypoint").nonzero().flatten()
         keypoints = self.expert.keypoints
-        values = self._expert_reads(cache.select(rows)).values[c.expert.keypoint_layer]
-        weights = keypoints.weights(values, cache.valid[rows])[:, :2].float()  # [B', 2, n]
+        read = self._expert_reads(cache.select(rows))
+        values = read.values[c.expert.keypoint_layer]
+        weights = keypoints.weights(values, read.valid, read.image_naming)[:, :2].float()  # [B', 2, n]
         marked, centre = referred_objects(batch.image_labels[rows], batch.image_refs[rows],
                                           c.vision_labels, c.backbone.patch_size)  # fmt: skip
         has = marked.any(-1)  # [B', 2]
@@ -373,13 +397,13 @@ class KIPolicy(nn.Module):
         elif noise.shape != shape:
             raise ValueError(f"noise: expected {list(shape)}, got {list(noise.shape)}")
         if use_cache:
-            cache = self._encode(batch, with_suffix=False).cache
+            cache = self.encode_prefix(batch)
             context = self.expert.context(cache, shape[1], noise.dtype)
 
         def velocity(x: Tensor, t: Tensor) -> Tensor:
             if use_cache:
                 return self.expert(cache, x, t, batch.state, context)
-            return self.expert(self._encode(batch, with_suffix=False).cache, x, t, batch.state)
+            return self.expert(self.encode_prefix(batch), x, t, batch.state)
 
         return self.unnormalize_actions(flow.integrate(velocity, noise, num_steps))
 
