@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from kivla.model.presets import RECIPES, SIZES, Recipe
+from kivla.model.presets import PERCEPTIONS, RECIPES, SIZES, Recipe
 from kivla.pipelines.budgets import BUDGETS, STUDIES
 from kivla.pipelines.demo import DEMOS
 from kivla.presets import Presets
@@ -10,7 +10,7 @@ from kivla.train.config import TrainConfig
 from kivla.train.run import PretrainConfig, RunConfig
 
 TYPOS = [(RECIPES, "kl", "ki"), (SIZES, "tin", "tiny"), (BUDGETS, "quik", "quick"), (DEMOS, "quikc", "quick"),
-         (STUDIES, "target", "targets")]  # fmt: skip
+         (STUDIES, "target", "targets"), (PERCEPTIONS, "naming_keypoint", "naming_keypoints")]  # fmt: skip
 
 
 @pytest.mark.parametrize(("presets", "typo", "nearest"), TYPOS)
@@ -20,7 +20,7 @@ def test_a_typo_names_the_nearest_preset(presets, typo, nearest):
 
 
 def test_presets_are_frozen_and_named_once():
-    for presets in (RECIPES, SIZES, BUDGETS, DEMOS, STUDIES):
+    for presets in (RECIPES, SIZES, BUDGETS, DEMOS, STUDIES, PERCEPTIONS):
         for preset in presets:
             with pytest.raises(dataclasses.FrozenInstanceError):
                 preset.name = "other"
@@ -39,6 +39,7 @@ def test_the_gradient_subject_is_chosen_by_insulation():
     [
         (lambda: RunConfig(size="huge", data="d"), r"RunConfig\.size"),
         (lambda: RunConfig(recipe="kii", data="d"), r"RunConfig\.recipe"),
+        (lambda: RunConfig(perception="keypoints", data="d"), r"RunConfig\.perception"),
         (lambda: PretrainConfig(steps=0), r"PretrainConfig\.steps"),
         (lambda: PretrainConfig(size="big"), r"PretrainConfig\.size"),
         (lambda: PretrainConfig(lr=0.0), r"PretrainConfig\.lr"),
@@ -58,3 +59,11 @@ def test_run_configs_are_frozen():
     for config in (RunConfig(data="d"), PretrainConfig(), TrainConfig()):
         with pytest.raises(dataclasses.FrozenInstanceError):
             config.seed = 1  # type: ignore[misc]
+
+
+def test_policy_overrides_win_over_the_perception_field_by_field():
+    perception = PERCEPTIONS["naming_keypoints"]
+    merged = perception.overrides({"keypoint_weight": 0.5, "expert": {"keypoints": 8}})
+    assert merged["keypoint_weight"] == 0.5 and merged["state_input"] == "token"
+    assert merged["expert"]["keypoints"] == 8 and merged["expert"]["keypoint_naming"] is True
+    assert PERCEPTIONS["prefix"].overrides() == {"state_input": "prompt"}

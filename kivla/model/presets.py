@@ -81,6 +81,55 @@ def recipe_config(name: str, base: KIPolicyConfig | None = None, **overrides: An
 
 
 @dataclass(frozen=True)
+class Perception:
+    """How the action expert finds what the instruction names in the image (docs/learning.md):
+    the policy fields it sets on top of a recipe. `policy_overrides` given with it win, field by
+    field (an `expert` dict is merged into this one's)."""
+
+    name: str
+    state_input: str = "prompt"  # KIPolicyConfig.state_input
+    keypoints: int = 0  # ExpertConfig.keypoints: spatial-softmax keypoints as one expert token
+    keypoint_naming: bool = False  # their scores have the backbone's naming with the prompt's words
+    keypoint_supervision: bool = False  # keypoints 0 / 1 supervised onto the named objects, teacher-forced
+    naming_loss: bool = False  # the naming loss on annotated robot frames trains the backbone's readout
+
+    def fields(self) -> dict[str, Any]:
+        """The KIPolicyConfig overrides (with an `expert` dict) this perception sets."""
+        fields: dict[str, Any] = {"state_input": self.state_input}
+        if self.naming_loss:
+            fields.update(vision_weight=1.0, vision_labels=20, vision_readout="words")
+        if self.keypoint_supervision:
+            fields.update(keypoint_weight=1.0, keypoint_teacher_forcing=1.0, vision_labels=20)
+        if self.keypoints:
+            fields["expert"] = dict(
+                keypoints=self.keypoints, keypoint_layer=-2, keypoints_follow_prompt=True,
+                keypoint_offsets=True, keypoint_prompt_pool="attention",
+                keypoint_naming=self.keypoint_naming,
+            )  # fmt: skip
+        return fields
+
+    def overrides(self, policy_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """This perception's fields with `policy_overrides` on top (expert dicts merged)."""
+        mine, given = self.fields(), dict(policy_overrides or {})
+        if isinstance(given.get("expert"), dict) and "expert" in mine:
+            given["expert"] = {**mine["expert"], **given["expert"]}
+        return {**mine, **given}
+
+
+PERCEPTIONS: Presets[Perception] = Presets("perception", [
+    # The expert reads the backbone's K/V only; the state as 256-bin prompt tokens (pi0.5).
+    Perception("prefix"),
+    # Eighth round of docs/learning.md: 16 prompt-conditioned keypoints of the image tokens' values
+    # in the last layer but one (layer 2 of the tiny size), scored also by the backbone's naming of
+    # each token with the instruction's words, keypoints 0 / 1 supervised onto the target and the
+    # destination; the naming loss keeps the readout learning under co-training (no effect when
+    # the backbone is frozen); the state as an expert token.
+    Perception("naming_keypoints", state_input="token", keypoints=16, keypoint_naming=True,
+               keypoint_supervision=True, naming_loss=True),
+])  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Size:
     """An architecture: backbone and expert widths, depths and heads, the image token grid and
     the image input. The data's shapes come in `policy_config`."""

@@ -49,7 +49,7 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from kivla.model.config import DISCRETE_TARGETS
-    from kivla.model.presets import RECIPES, SIZES
+    from kivla.model.presets import PERCEPTIONS, RECIPES, SIZES
 
     train = subparsers.add_parser(
         "train",
@@ -67,6 +67,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue the run in --out from its newest checkpoint"
     )
     train.add_argument("--size", choices=SIZES.names())
+    train.add_argument(
+        "--perception", choices=PERCEPTIONS.names(),
+        help="how the expert finds the named objects (default: prefix; naming_keypoints: keypoints "
+        "scored by the backbone's naming, docs/learning.md)",
+    )  # fmt: skip
     add_backbone_args(train)
     train.add_argument("--horizon", type=int, help="action chunk length H (default 50)")
     train.add_argument("--discrete-target", choices=DISCRETE_TARGETS, help="override the recipe's target")
@@ -118,7 +123,8 @@ def build_run_config(args: argparse.Namespace):
     if args.ema_decay is not None:
         train["ema_decay"] = args.ema_decay or None
     run = {}
-    for name in ("recipe", "data", "init", "size", "backbone", "vision", "horizon", "discrete_target"):
+    for name in ("recipe", "data", "init", "size", "backbone", "vision", "horizon", "discrete_target",
+                 "perception"):  # fmt: skip
         if getattr(args, name) is not None:
             run[name] = getattr(args, name)
     if args.tokenizer is not None:

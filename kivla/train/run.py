@@ -23,7 +23,7 @@ from kivla.io import write_json
 from kivla.model.assemble import assemble_bundle, policy_config
 from kivla.model.batch import BatchBuilder
 from kivla.model.bundle import PolicyBundle
-from kivla.model.presets import RECIPES, SIZES
+from kivla.model.presets import PERCEPTIONS, RECIPES, SIZES
 from kivla.train.align import (
     BACKBONES,
     VISIONS,
@@ -82,12 +82,14 @@ class RunConfig:
     discrete_target: str | None = None  # override the recipe's target (fast | binning | wavelet | vq | none)
     action_tokenizer: Path | str | None = None  # a fitted tokenizer directory instead of fitting one
     tokenizer_fit_chunks: int = 4000  # chunks sampled from the data to fit the tokenizer
+    perception: str = "prefix"  # a name in kivla.model.presets.PERCEPTIONS
     policy_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"fast_weight": 0.5}
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
         RECIPES.get(self.recipe, "RunConfig.recipe")
+        PERCEPTIONS.get(self.perception, "RunConfig.perception")
         _check_common("RunConfig", self.size, self.mixture)
         _check_backbone("RunConfig", self.backbone, self.vision)
         if self.horizon < 1:
@@ -251,7 +253,7 @@ def build_policy(config: RunConfig, resume: bool = False) -> tuple[PolicyBundle,
     else:
         text = fit_text_tokenizer(sorted(set(dataset.tasks.values())))
         layout = vocab_layout(text)
-    overrides = dict(config.policy_overrides)
+    overrides = PERCEPTIONS[config.perception].overrides(config.policy_overrides)
     if config.discrete_target is not None:
         overrides["discrete_target"] = config.discrete_target
     real = base.config.backbone.kind if base is not None else config.backbone

@@ -100,3 +100,15 @@ def test_dense_vision_losses_train_on_annotated_robot_frames(dataset, pretrained
                         mixture=MixtureConfig(robot=1.0, caption=0, vqa=0, text=0))  # fmt: skip
     out = train_policy(config, progress=False)
     assert all(r["loss/vision"] > 0 and r["loss/refer"] > 0 and r["loss/lm"] == 0 for r in out.history)
+
+
+def test_naming_keypoints_perception_trains_and_acts(dataset, pretrained, tmp_path):
+    config = run_config(dataset, tmp_path / "kp", init=pretrained, perception="naming_keypoints")
+    out = train_policy(config, progress=False)
+    assert all(r["loss/keypoint"] > 0 and r["loss/vision"] > 0 for r in out.history)
+    bundle = PolicyBundle.load(out.checkpoints[-1])
+    expert = bundle.policy.config.expert
+    assert expert.keypoint_naming and expert.keypoints == 16 and bundle.policy.config.state_input == "token"
+    env = VectorEnv(WorldConfig(image_size=IMAGE), 2)
+    obs, _ = env.reset([0, 1])
+    assert np.isfinite(bundle.act(obs)).all()
