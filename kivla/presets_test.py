@@ -48,6 +48,7 @@ def test_the_gradient_subject_is_chosen_by_insulation():
             r"Recipe\.discrete_target",
         ),
         (lambda: dataclasses.replace(DEMOS["quick"], train_steps=0), r"DemoConfig\.train_steps"),
+        (lambda: dataclasses.replace(DEMOS["quick"], perception="keypoint"), r"DemoConfig\.perception"),
     ],
 )
 def test_configs_validate_on_construction(build, field):

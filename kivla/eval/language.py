@@ -58,7 +58,8 @@ def heldout_examples(config: LanguageConfig, image_size: int) -> list[LanguageEx
 
 @torch.no_grad()
 def score_examples(bundle, examples: list[LanguageExample], batch_size: int = 64) -> list[dict[str, Any]]:
-    """Per example: {"kind", "exact": greedy decode == answer, "nll": summed NLL, "tokens": count}."""
+    """Per example: {"kind", "exact": greedy decode == answer, "nll": summed NLL, "tokens": count,
+    "answer": the reference}."""
     policy, builder = bundle.policy, bundle.builder
     device = next(policy.parameters()).device
     was_training = policy.training
@@ -77,13 +78,25 @@ def score_examples(bundle, examples: list[LanguageExample], batch_size: int = 64
         nll_sum, tokens = (nll * targets).sum(dim=1), targets.sum(dim=1)
         for i, ex in enumerate(chunk):
             rows.append({"kind": ex.kind, "exact": bool(exact[i]), "nll": float(nll_sum[i]),
-                         "tokens": int(tokens[i])})  # fmt: skip
+                         "tokens": int(tokens[i]), "answer": ex.answer})  # fmt: skip
     policy.train(was_training)
     return rows
 
 
+def majority_rates(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Chance per VQA type: the share of its questions whose answer is the type's most common one
+    (the accuracy of a model that ignores the image and always gives that answer)."""
+    rates = {}
+    for q in QUESTION_TYPES:
+        answers = [r["answer"] for r in rows if r["kind"] == f"vqa:{q}"]
+        if answers:
+            rates[q] = max(answers.count(a) for a in set(answers)) / len(answers)
+    return rates
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Accuracy overall / per question type, caption perplexity, text accuracy, answer perplexity."""
+    """Accuracy overall / per question type (and its chance), caption perplexity, text accuracy,
+    answer perplexity."""
 
     def acc(sel: list[dict]) -> float:
         return float(np.mean([r["exact"] for r in sel])) if sel else float("nan")
@@ -99,6 +112,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "vqa_accuracy": acc(vqa),
         "vqa_per_type": {q: v for q, v in per_type.items() if not math.isnan(v)},
+        "vqa_chance_per_type": majority_rates(vqa),
         "vqa_perplexity": ppl(vqa),
         "caption_perplexity": ppl(captions),
         "caption_exact": acc(captions),
@@ -149,19 +163,23 @@ def markdown(report: dict[str, Any]) -> str:
     """Table of a `language_retention` (or a single `language_metrics` under "policy")."""
     p, r = report["policy"], report.get("reference")
     ret = report.get("retention")
-    head = "| metric | policy |" + (" reference | retention |" if r else "")
-    lines = ["## Language", "", head, "|---|---:|" + ("---:|---:|" if r else "")]
+    chance = p.get("vqa_chance_per_type")  # absent in results written before it was measured
+    head = "| metric | policy |" + (" reference | retention |" if r else "") + (" chance |" if chance else "")
+    rule = "|---|---:|" + ("---:|---:|" if r else "") + ("---:|" if chance else "")
+    lines = ["## Language", "", head, rule]
 
-    def row(name: str, pv: float, rv: float | None, tv: float | None, fmt: str) -> None:
+    def row(name: str, pv: float, rv: float | None, tv: float | None, fmt: str, cv: str = "") -> None:
         cells = f"| {name} | {pv:{fmt}} |"
         if r is not None:
             cells += f" {rv:{fmt}} | {tv:.2f} |"
+        if chance:
+            cells += f" {cv} |"
         lines.append(cells)
 
     row("VQA accuracy", p["vqa_accuracy"], r and r["vqa_accuracy"], ret and ret["vqa_accuracy"], ".1%")
     for q, v in p["vqa_per_type"].items():
         row(f"VQA {q}", v, r and r["vqa_per_type"].get(q, float("nan")),
-            ret and ret["vqa_per_type"][q], ".1%")  # fmt: skip
+            ret and ret["vqa_per_type"][q], ".1%", f"{chance[q]:.1%}" if chance else "")  # fmt: skip
     row("text accuracy", p["text_accuracy"], r and r["text_accuracy"], ret and ret["text_accuracy"], ".1%")
     row("caption perplexity", p["caption_perplexity"], r and r["caption_perplexity"],
         ret and ret["caption_perplexity"], ".3g")  # fmt: skip

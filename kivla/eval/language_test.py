@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from kivla.data.language import language_examples
-from kivla.eval.language import LanguageConfig, language_metrics, language_retention, markdown, score_examples
+from kivla.eval.language import (
+    LanguageConfig,
+    language_metrics,
+    language_retention,
+    majority_rates,
+    markdown,
+    score_examples,
+)
 from kivla.model.testing import IMAGE_SIZE, tiny_world_bundle
 from kivla.model.text import ANS, EOS
 
@@ -66,6 +73,14 @@ def test_metrics_and_retention_shapes(trained):
     assert 0.3 * bundle.builder.vocab_size < ref_ppl < 3 * bundle.builder.vocab_size
     assert report["retention"]["caption_perplexity"] == pytest.approx(ref_ppl / p["caption_perplexity"])
     assert "| VQA accuracy |" in markdown(report)
+    assert set(p["vqa_chance_per_type"]) == set(p["vqa_per_type"])
+    assert "| chance |" in markdown(report).splitlines()[2]
+
+
+def test_chance_is_the_share_of_the_most_common_answer():
+    rows = [{"kind": "vqa:color", "answer": a} for a in ("red", "red", "blue", "green")]
+    rows += [{"kind": "vqa:left_right", "answer": "yes"}, {"kind": "caption", "answer": "a red circle"}]
+    assert majority_rates(rows) == {"color": 0.5, "left_right": 1.0}
 
 
 def test_metrics_are_deterministic():

@@ -19,7 +19,7 @@ from kivla.eval.rollout import EvalConfig, evaluate
 from kivla.eval.validation import ValidationConfig, flow_validation
 from kivla.io import write_json
 from kivla.model.bundle import PolicyBundle
-from kivla.model.presets import SIZES
+from kivla.model.presets import PERCEPTIONS, SIZES
 from kivla.pipelines.stages import Stages, trained, world_dataset
 from kivla.presets import Presets, check_positive
 from kivla.train.config import TrainConfig
@@ -36,16 +36,18 @@ class DemoConfig:
     pretrain_steps: int = 600
     pretrain_batch: int = 32
     pretrain_lr: float = 2e-3
-    train_steps: int = 700
+    train_steps: int = 900
     train_batch: int = 32
-    lr: float = 5e-4
+    lr: float = 1e-3
+    perception: str = "naming_keypoints"  # a name in kivla.model.presets.PERCEPTIONS
     precision: str = "auto"
     eval_episodes: int = 48  # per split (train, ood), spread over the task families
     language_questions: int = 300
     seed: int = 0
 
     def __post_init__(self) -> None:
-        SIZES.get(self.size, "DemoConfig.size")  # an unknown size raises, naming the nearest
+        SIZES.get(self.size, "DemoConfig.size")  # an unknown name raises, naming the nearest
+        PERCEPTIONS.get(self.perception, "DemoConfig.perception")
         check_positive(self, except_fields=("seed",))
 
     def values(self) -> dict[str, Any]:
@@ -54,7 +56,7 @@ class DemoConfig:
 
 
 DEMOS: Presets[DemoConfig] = Presets("demo", [
-    # `make demo`: ~12.5 minutes on 2 CPU cores (docs/results/demo.json).
+    # `make demo`: ~17 minutes on 2 CPU cores (docs/results/demo.json).
     DemoConfig("demo"),
     # `kivla demo --quick`: a smoke run of every stage in a few minutes; the numbers mean nothing.
     DemoConfig("quick", episodes=20, val_episodes=4, size="test", pretrain_steps=20, pretrain_batch=8,
@@ -86,7 +88,8 @@ def run_demo_pipeline(out: str | Path, config: DemoConfig | None = None) -> Path
                         warmup_steps=max(1, config.train_steps // 20), save_every=config.train_steps,
                         keep_last=1, seed=config.seed, precision=config.precision,
                         log_every=max(1, config.train_steps // 50))  # fmt: skip
-    run = RunConfig(recipe="ki", data=data, out=out / "ki", init=pretrained, size=config.size, train=train)
+    run = RunConfig(recipe="ki", data=data, out=out / "ki", init=pretrained, size=config.size,
+                    perception=config.perception, train=train)
     with stages.stage("fit FAST and co-train the ki recipe"):
         ki = trained(run.out, train.steps, lambda: train_policy(run).checkpoints[-1])
 

@@ -20,7 +20,8 @@ def loss_curves(metrics_path: Path, png: Path, title: str) -> Path:
     zero = np.zeros_like(step)
     panels = {
         name: {name: (step, np.array([r[key] for r in records]), zero)}
-        for name, key in (("total", "loss"), ("flow", "loss/flow"), ("fast", "loss/fast"), ("lm", "loss/lm"))
+        for name, key in (("total", "loss"), ("flow", "loss/flow"), ("fast", "loss/fast"), ("lm", "loss/lm"),
+                          ("vision", "loss/vision"), ("keypoint", "loss/keypoint"))
         if all(key in r for r in records)
     }
     return curves(png, panels, "step", "loss", title)
@@ -45,7 +46,8 @@ def write_demo_report(out: Path, results: dict[str, Any]) -> Path:
         f"Built-in world, {cfg['episodes']} expert episodes ({cfg['image_size']}×{cfg['image_size']} "
         f"images); `{cfg['size']}` policy; language pretraining {cfg['pretrain_steps']} steps, then the "
         f"**ki** recipe (stop-gradient + FAST + language co-training) {cfg['train_steps']} steps at batch "
-        f"{cfg['train_batch']}. "
+        f"{cfg['train_batch']}, lr {cfg['lr']:g}, perception `{cfg.get('perception', 'prefix')}` "
+        "(`kivla.model.presets.PERCEPTIONS`). "
         "Every number below was measured by this run (`results.json` has them all).",
         "",
         "## Closed loop",
