@@ -89,7 +89,7 @@ def run_demo_pipeline(out: str | Path, config: DemoConfig | None = None) -> Path
                         keep_last=1, seed=config.seed, precision=config.precision,
                         log_every=max(1, config.train_steps // 50))  # fmt: skip
     run = RunConfig(recipe="ki", data=data, out=out / "ki", init=pretrained, size=config.size,
-                    perception=config.perception, train=train)
+                    perception=config.perception, train=train)  # fmt: skip
     with stages.stage("fit FAST and co-train the ki recipe"):
         ki = trained(run.out, train.steps, lambda: train_policy(run).checkpoints[-1])
 

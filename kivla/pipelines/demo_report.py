@@ -18,10 +18,10 @@ def loss_curves(metrics_path: Path, png: Path, title: str) -> Path:
     records = [r for r in read_metrics(metrics_path) if "loss" in r]
     step = np.array([r["step"] for r in records], dtype=float)
     zero = np.zeros_like(step)
+    names = ("flow", "fast", "lm", "vision", "keypoint")
     panels = {
         name: {name: (step, np.array([r[key] for r in records]), zero)}
-        for name, key in (("total", "loss"), ("flow", "loss/flow"), ("fast", "loss/fast"), ("lm", "loss/lm"),
-                          ("vision", "loss/vision"), ("keypoint", "loss/keypoint"))
+        for name, key in (("total", "loss"), *((n, f"loss/{n}") for n in names))
         if all(key in r for r in records)
     }
     return curves(png, panels, "step", "loss", title)
