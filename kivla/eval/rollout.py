@@ -112,8 +112,8 @@ class EvalResult:
         }
 
     def markdown(self, title: str = "Closed-loop evaluation") -> str:
-        lines = [f"## {title}", "", "| split | family | episodes | success | follow | mean length |",
-                 "|---|---|---:|---:|---:|---:|"]  # fmt: skip
+        head = "| split | family | episodes | success (95% interval) | follow | mean length |"
+        lines = [f"## {title}", "", head, "|---|---|---:|---:|---:|---:|"]
         for split, s in self.summary().items():
             for fam, f in s["families"].items():
                 lines.append(_row(split, fam, f))
@@ -129,20 +129,36 @@ class EvalResult:
         return out_dir / "eval.json"
 
 
+def success_interval(successes: int, episodes: int) -> list[float]:
+    """[low, high]: the 95% Wilson interval of a success rate (48 episodes at 50%: 36-64%)."""
+    from scipy.stats import binomtest
+
+    if episodes < 1:
+        return [float("nan"), float("nan")]
+    ci = binomtest(successes, episodes).proportion_ci(0.95, method="wilson")
+    return [float(ci.low), float(ci.high)]
+
+
 def _rates(rows: list[EpisodeResult]) -> dict[str, Any]:
     n = len(rows)
     return {
         "episodes": n,
         "success_rate": float(np.mean([e.success for e in rows])) if n else float("nan"),
+        "success_ci95": success_interval(sum(e.success for e in rows), n),
         "follow_rate": float(np.mean([e.followed for e in rows])) if n else float("nan"),
         "mean_length": float(np.mean([e.length for e in rows])) if n else float("nan"),
     }
 
 
+def _interval(r: dict[str, Any]) -> str:
+    low, high = r.get("success_ci95", (float("nan"), float("nan")))
+    return f"{low:.0%}–{high:.0%}"
+
+
 def _row(split: str, family: str, r: dict[str, Any]) -> str:
     return (
-        f"| {split} | {family} | {r['episodes']} | {r['success_rate']:.1%} | {r['follow_rate']:.1%} "
-        f"| {r['mean_length']:.1f} |"
+        f"| {split} | {family} | {r['episodes']} | {r['success_rate']:.1%} ({_interval(r)}) "
+        f"| {r['follow_rate']:.1%} | {r['mean_length']:.1f} |"
     )
 
 

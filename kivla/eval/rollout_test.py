@@ -6,7 +6,7 @@ import pytest
 
 from kivla.data.world_expert import expert_style, plan_actions
 from kivla.eval.baselines import OraclePolicy, RandomPolicy
-from kivla.eval.rollout import EvalConfig, episode_seed, evaluate
+from kivla.eval.rollout import EvalConfig, episode_seed, evaluate, success_interval
 
 
 def test_oracle_succeeds_and_follows(tmp_path):
@@ -22,9 +22,19 @@ def test_oracle_succeeds_and_follows(tmp_path):
     assert len(result.videos) == 2 and all(p.endswith(".gif") for p in result.videos)
 
 
+def test_success_interval_is_wilsons():
+    low, high = success_interval(24, 48)
+    assert low == pytest.approx(0.3636, abs=1e-3) and high == pytest.approx(0.6364, abs=1e-3)
+    low, high = success_interval(0, 48)
+    assert low == 0.0 and high == pytest.approx(0.0741, abs=1e-3)  # never a zero-width interval
+    assert all(np.isnan(success_interval(0, 0)))
+
+
 def test_random_scores_low():
     summary = evaluate(RandomPolicy(seed=1), EvalConfig(episodes=8, num_envs=8, splits=("train",))).summary()
     assert summary["train"]["success_rate"] <= 0.3
+    low, high = summary["train"]["success_ci95"]
+    assert low <= summary["train"]["success_rate"] <= high
     assert summary["train"]["mean_length"] > 100
 
 

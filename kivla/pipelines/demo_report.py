@@ -9,6 +9,7 @@ import numpy as np
 
 from kivla.eval.language import markdown as language_markdown
 from kivla.eval.plots import curves
+from kivla.eval.rollout import success_interval
 from kivla.io import write_text
 from kivla.train.metrics import read_metrics
 
@@ -29,6 +30,12 @@ def loss_curves(metrics_path: Path, png: Path, title: str) -> Path:
 
 def _pct(x: float) -> str:
     return "n/a" if x != x else f"{x:.1%}"
+
+
+def _success(s: dict[str, Any]) -> str:
+    """`18.8% (10–32%)`: the rate and its 95% Wilson interval over the episodes."""
+    low, high = success_interval(round(s["success_rate"] * s["episodes"]), s["episodes"])
+    return f"{_pct(s['success_rate'])} ({low:.0%}–{high:.0%})"
 
 
 def write_demo_report(out: Path, results: dict[str, Any]) -> Path:
@@ -55,12 +62,12 @@ def write_demo_report(out: Path, results: dict[str, Any]) -> Path:
         "Receding horizon: 10 actions of each 50-step chunk, then replan. *Untrained* is the same policy "
         "before robot training (pretrained backbone, fresh action expert).",
         "",
-        "| policy | split | success | follow | mean length |",
+        "| policy | split | success (95% interval) | follow | mean length |",
         "|---|---|---:|---:|---:|",
     ]
     for name in ("ki", "untrained"):
         for split, s in ev[name].items():
-            rates = f"{_pct(s['success_rate'])} | {_pct(s['follow_rate'])}"
+            rates = f"{_success(s)} | {_pct(s['follow_rate'])}"
             lines.append(f"| {name} | {split} | {rates} | {s['mean_length']:.0f} |")
     gains = {
         split: ev["ki"][split]["success_rate"] - ev["untrained"][split]["success_rate"] for split in ev["ki"]
@@ -73,12 +80,12 @@ def write_demo_report(out: Path, results: dict[str, Any]) -> Path:
         "",
         "Per task family (ki):",
         "",
-        "| split | family | success | follow |",
+        "| split | family | success (95% interval) | follow |",
         "|---|---|---:|---:|",
     ]
     for split, s in ev["ki"].items():
         for fam, f in s["families"].items():
-            lines.append(f"| {split} | {fam} | {_pct(f['success_rate'])} | {_pct(f['follow_rate'])} |")
+            lines.append(f"| {split} | {fam} | {_success(f)} | {_pct(f['follow_rate'])} |")
     val = results["flow_validation"]
     lines += [
         "",
