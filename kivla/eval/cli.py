@@ -50,6 +50,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     ev.add_argument("--max-steps", type=int, help="episode step limit (default: world 200, metaworld 500)")
     ev.add_argument("--videos", type=int, default=2, help="GIF rollouts saved per split")
+    ev.add_argument(
+        "--keypoint-peak", type=int, default=None, metavar="R",
+        help="read the policy's keypoints 0 / 1 as a soft-argmax over the tokens within R grid cells "
+        "of their peak (-1: the plain spatial softmax; default: the policy's ExpertConfig.keypoint_peak)",
+    )  # fmt: skip
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--api-key", help="with --server: its API key (default: $KIVLA_API_KEY)")
     ev.add_argument("--json", action="store_true", help="print the results as one JSON object")
@@ -57,6 +62,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     add_arguments(ev)
     ev.set_defaults(func=run_eval)
+
+
+def set_keypoint_peak(bundle, peak: int) -> None:
+    """Run-time choice of how keypoints 0 / 1 are read (ExpertConfig.keypoint_peak). With
+    keypoint_teacher_forcing 1 the expert was trained on the named objects' true centres there, not
+    on either reading, so a policy trained with one can be run with the other."""
+    keypoints = bundle.policy.expert.keypoints
+    if keypoints is None:
+        raise ValueError("--keypoint-peak: the policy has no keypoints (ExpertConfig.keypoints is 0)")
+    if peak < -1:
+        raise ValueError(f"--keypoint-peak: expected -1 (off) or a radius >= 0 in grid cells, got {peak}")
+    keypoints.peak = peak
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -96,6 +113,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
         path = resolve_policy_dir(args.policy)
         bundle = PolicyBundle.load(path)
+        if args.keypoint_peak is not None:
+            set_keypoint_peak(bundle, args.keypoint_peak)
         policy = BundlePolicy(bundle, seed=args.seed)
         name = f"{path.parent.parent.name}_{path.name}" if path.parent.name == "checkpoints" else path.name
         image_size = bundle.builder.image_size
@@ -121,6 +140,8 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.server:
             policy.close()
     report = {"policy": str(path) if bundle else (args.server or name), **result.to_dict()}
+    if bundle is not None and bundle.policy.expert.keypoints is not None:
+        report["keypoint_peak"] = bundle.policy.expert.keypoints.peak
     report.pop("episodes")
     sections = [result.markdown(f"Closed-loop evaluation: {name}")]
     if args.reference is not None:

@@ -149,6 +149,10 @@ class ExpertConfig:
     # layer the "words" readout of pretraining trains), detached where the expert reads it, pooled
     # over the prompt per keypoint (SpatialKeypoints). Needs the built-in backbone.
     keypoint_naming: bool = False
+    # -1: keypoints are spatial-softmax means. r >= 0: keypoints 0 and 1 (the supervised ones) are
+    # the softmax mean over the tokens within r grid cells of its largest weight only (a local
+    # soft-argmax), so that weight on the other named object does not pull them between the two.
+    keypoint_peak: int = -1
 
     def __post_init__(self) -> None:
         if self.num_heads is not None:
@@ -166,6 +170,11 @@ class ExpertConfig:
             )
         if self.keypoint_naming and self.keypoints == 0:
             raise ValueError("ExpertConfig.keypoint_naming: needs keypoints > 0, got keypoints=0")
+        if self.keypoint_peak < -1:
+            raise ValueError(
+                f"ExpertConfig.keypoint_peak: expected -1 (off) or a radius >= 0 in grid cells, "
+                f"got {self.keypoint_peak}"
+            )
         _positive(
             "ExpertConfig",
             width=self.width,

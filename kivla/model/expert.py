@@ -101,7 +101,8 @@ class ActionExpert(nn.Module):
                                               conditioned=c.keypoints_follow_prompt,
                                               offsets=c.keypoint_offsets,
                                               prompt_pool=c.keypoint_prompt_pool,
-                                              naming=c.keypoint_naming)  # fmt: skip
+                                              naming=c.keypoint_naming,
+                                              peak=c.keypoint_peak)  # fmt: skip
             if c.keypoint_input == "token":
                 self.keypoints_in = nn.Linear(2 * c.keypoints, c.width)
             else:  # added to the time conditioning, which ends in a SiLU as well

@@ -33,15 +33,22 @@ class SpatialKeypoints(nn.Module):
     reading of that token: the log-probability it gives each prompt word there (the "words"
     readout of pretraining, `PrefixCache.image_naming`), pooled over the prompt with the
     keypoint's prompt weights and scaled by a learned gain, so that keypoint 0 can score tokens by
-    how strongly the backbone names them with the target's words instead of learning to see again."""
+    how strongly the backbone names them with the target's words instead of learning to see again.
+    With `peak` >= 0, the first `peaked` keypoints (the supervised ones: the objects the instruction
+    names first and second) are read as a local soft-argmax: their softmax renormalized over the
+    tokens within `peak` grid cells (in x and in y) of its largest weight, so that weight left on the
+    other named object does not pull the point towards it (docs/learning.md, ninth round)."""
 
     def __init__(self, num_keypoints: int, value_dim: int, grid: int, conditioned: bool = False,
                  key_dim: int = 32, offsets: bool = False, prompt_pool: str = "mean",
-                 naming: bool = False) -> None:  # fmt: skip
+                 naming: bool = False, peak: int = -1, peaked: int = 2) -> None:  # fmt: skip
         super().__init__()
+        if peak < -1:
+            raise ValueError(f"peak: expected -1 (off) or a radius >= 0 in grid cells, got {peak}")
         if prompt_pool not in ("mean", "attention"):
             raise ValueError(f"prompt_pool: expected 'mean' or 'attention', got {prompt_pool!r}")
         self.grid, self.num_keypoints = grid, num_keypoints
+        self.peak, self.peaked = peak, min(peaked, num_keypoints)
         self.offset = None
         if offsets:
             self.offset = nn.Linear(value_dim, 2)
@@ -72,7 +79,21 @@ class SpatialKeypoints(nn.Module):
     def forward(self, values: Tensor, valid: Tensor, naming: Tensor | None = None) -> Tensor:
         """values [B, kv, Np, hd] (image tokens first), valid bool [B, Np] (and naming [B, n, Lp]
         with `naming`) -> [B, K, 2]; examples without an image get keypoints at the centre (0, 0)."""
-        return self.points(self.weights(values, valid, naming), self.offsets(values))
+        return self.points(self.local(self.weights(values, valid, naming)), self.offsets(values))
+
+    def local(self, weights: Tensor) -> Tensor:
+        """Softmax weights [B, K, n] -> the same with the first `peaked` keypoints' rows restricted
+        to the (2 peak + 1)^2 tokens around their largest weight and renormalized (unchanged when
+        `peak` is -1; rows without an image stay zero)."""
+        if self.peak < 0:
+            return weights
+        g, head = self.grid, weights[:, : self.peaked]  # [B, F, n]
+        top = head.argmax(-1, keepdim=True)  # [B, F, 1]
+        token = torch.arange(g * g, device=weights.device)
+        near = ((token // g - top // g).abs() <= self.peak) & ((token % g - top % g).abs() <= self.peak)
+        head = head * near
+        head = (head / head.sum(-1, keepdim=True)).nan_to_num(0.0)
+        return torch.cat([head, weights[:, self.peaked :]], dim=1)
 
     def offsets(self, values: Tensor) -> Tensor | None:
         """values [B, kv, Np, hd] -> each image token's offset of its point from its patch centre

@@ -12,9 +12,10 @@ from kivla.model.policy import KIPolicy
 from kivla.model.presets import recipe_config
 
 
-def with_keypoints(config, k: int = 3, layer: int = -1, input: str = "token", naming: bool = False):
+def with_keypoints(config, k: int = 3, layer: int = -1, input: str = "token", naming: bool = False,
+                   peak: int = -1):  # fmt: skip
     expert = dataclasses.replace(config.expert, keypoints=k, keypoint_layer=layer, keypoint_input=input,
-                                 keypoint_naming=naming)  # fmt: skip
+                                 keypoint_naming=naming, keypoint_peak=peak)  # fmt: skip
     return dataclasses.replace(config, expert=expert)
 
 
@@ -42,11 +43,32 @@ def test_examples_without_an_image_get_the_centre():
     assert torch.isfinite(points).all() and torch.equal(points[1], torch.zeros(2, 2))
 
 
-@pytest.mark.parametrize("keypoint_input,naming", [("token", False), ("norm", False), ("token", True)])
+def test_peak_reads_the_mode_of_a_softmax_split_between_two_objects():
+    values = torch.zeros(2, 1, 16 + 1, 2)  # [B, kv, Np = 4x4 image tokens + 1 text, hd]
+    values[:, 0, 0, 0], values[:, 0, 15, 1] = 1.0, 1.0  # token 0 (top left) and 15 (bottom right)
+    valid = torch.ones(2, 17, dtype=torch.bool)
+    valid[1, :16] = False  # the second example has no image
+    points = {}
+    for peak in (-1, 0, 1):
+        module = SpatialKeypoints(3, value_dim=2, grid=4, peak=peak)
+        with torch.no_grad():
+            module.score.weight[:, 0], module.score.weight[:, 1] = 6.0, 5.0  # most weight on token 0
+        points[peak] = module(values, valid)
+    top_left = torch.tensor([-0.75, -0.75])
+    assert (points[-1][0, 0] - top_left).norm() > 0.3  # the plain mean lies between the two tokens
+    assert torch.allclose(points[0][0, :2], top_left.expand(2, 2), atol=1e-5)  # keypoints 0 and 1
+    assert (points[1][0, 0] - top_left).norm() < 0.1  # its 3x3 neighbourhood: near the mode
+    assert torch.allclose(points[0][0, 2], points[-1][0, 2])  # keypoint 2 is not supervised: unchanged
+    assert torch.equal(points[0][1], torch.zeros(3, 2))  # no image: the centre, as before
+
+
+@pytest.mark.parametrize("keypoint_input,naming,peak",
+                         [("token", False, -1), ("norm", False, -1), ("token", True, -1), ("token", True, 1)])
 def test_insulated_flow_loss_with_keypoints_leaves_the_backbone_untouched(builder, config, keypoint_input,
-                                                                          naming):  # fmt: skip
+                                                                          naming, peak):  # fmt: skip
     torch.manual_seed(0)
-    policy = KIPolicy(recipe_config("ki", with_keypoints(config, input=keypoint_input, naming=naming)))
+    policy = KIPolicy(recipe_config("ki", with_keypoints(config, input=keypoint_input, naming=naming,
+                                                         peak=peak)))  # fmt: skip
     with torch.no_grad():  # zero-initialized, it would pass no gradient to "norm" keypoints at step 0
         policy.expert.modulation.weight.normal_(std=0.01)
     rng = np.random.default_rng(0)
@@ -73,6 +95,8 @@ def test_keypoint_settings_are_checked(config):
         with_keypoints(config, k=-1)
     with pytest.raises(ValueError, match=r"ExpertConfig\.keypoint_input"):
         with_keypoints(config, input="film")
+    with pytest.raises(ValueError, match=r"ExpertConfig\.keypoint_peak"):
+        dataclasses.replace(config.expert, keypoints=2, keypoint_peak=-2)
     with pytest.raises(ValueError, match=r"ExpertConfig\.keypoint_layer"):
         KIPolicy(recipe_config("ki", with_keypoints(config, layer=config.backbone.depth)))
 

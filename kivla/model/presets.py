@@ -92,6 +92,7 @@ class Perception:
     keypoint_naming: bool = False  # their scores have the backbone's naming with the prompt's words
     keypoint_supervision: bool = False  # keypoints 0 / 1 supervised onto the named objects, teacher-forced
     naming_loss: bool = False  # the naming loss on annotated robot frames trains the backbone's readout
+    keypoint_peak: int = -1  # ExpertConfig.keypoint_peak: keypoints 0 / 1 as a local soft-argmax
 
     def fields(self) -> dict[str, Any]:
         """The KIPolicyConfig overrides (with an `expert` dict) this perception sets."""
@@ -104,7 +105,7 @@ class Perception:
             fields["expert"] = dict(
                 keypoints=self.keypoints, keypoint_layer=-2, keypoints_follow_prompt=True,
                 keypoint_offsets=True, keypoint_prompt_pool="attention",
-                keypoint_naming=self.keypoint_naming,
+                keypoint_naming=self.keypoint_naming, keypoint_peak=self.keypoint_peak,
             )  # fmt: skip
         return fields
 
@@ -123,9 +124,10 @@ PERCEPTIONS: Presets[Perception] = Presets("perception", [
     # in the last layer but one (layer 2 of the tiny size), scored also by the backbone's naming of
     # each token with the instruction's words, keypoints 0 / 1 supervised onto the target and the
     # destination; the naming loss keeps the readout learning under co-training (no effect when
-    # the backbone is frozen); the state as an expert token.
+    # the backbone is frozen); the state as an expert token. Ninth round: keypoints 0 / 1 read as
+    # a soft-argmax over the 3x3 tokens around their peak (keypoint_peak=1).
     Perception("naming_keypoints", state_input="token", keypoints=16, keypoint_naming=True,
-               keypoint_supervision=True, naming_loss=True),
+               keypoint_supervision=True, naming_loss=True, keypoint_peak=1),
 ])  # fmt: skip
 
 
