@@ -23,7 +23,6 @@ import numpy as np
 from kivla.data.world_env import GRASP_HEIGHT, GRASP_RADIUS, VectorEnv, WorldConfig
 from kivla.data.world_tasks import PLACE_ON_TOLERANCE, goal_point
 from kivla.eval.baselines import BundlePolicy, OraclePolicy
-from kivla.eval.cli import set_keypoint_peak
 from kivla.eval.rollout import EvalConfig, check_chunk, episode_seed
 from kivla.model.bundle import PolicyBundle
 
@@ -115,7 +114,7 @@ def main() -> None:
     args = p.parse_args()
     bundle = PolicyBundle.load(args.checkpoint)
     if args.keypoint_peak is not None:
-        set_keypoint_peak(bundle, args.keypoint_peak)
+        bundle.set_keypoint_peak(args.keypoint_peak)
     policies = {str(args.checkpoint): BundlePolicy(bundle, seed=0)}
     if args.oracle:
         policies["oracle"] = OraclePolicy()

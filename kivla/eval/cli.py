@@ -64,18 +64,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.set_defaults(func=run_eval)
 
 
-def set_keypoint_peak(bundle, peak: int) -> None:
-    """Run-time choice of how keypoints 0 / 1 are read (ExpertConfig.keypoint_peak). With
-    keypoint_teacher_forcing 1 the expert was trained on the named objects' true centres there, not
-    on either reading, so a policy trained with one can be run with the other."""
-    keypoints = bundle.policy.expert.keypoints
-    if keypoints is None:
-        raise ValueError("--keypoint-peak: the policy has no keypoints (ExpertConfig.keypoints is 0)")
-    if peak < -1:
-        raise ValueError(f"--keypoint-peak: expected -1 (off) or a radius >= 0 in grid cells, got {peak}")
-    keypoints.peak = peak
-
-
 def run_eval(args: argparse.Namespace) -> int:
     import json
 
@@ -114,7 +102,7 @@ def run_eval(args: argparse.Namespace) -> int:
         path = resolve_policy_dir(args.policy)
         bundle = PolicyBundle.load(path)
         if args.keypoint_peak is not None:
-            set_keypoint_peak(bundle, args.keypoint_peak)
+            bundle.set_keypoint_peak(args.keypoint_peak)
         policy = BundlePolicy(bundle, seed=args.seed)
         name = f"{path.parent.parent.name}_{path.name}" if path.parent.name == "checkpoints" else path.name
         image_size = bundle.builder.image_size

@@ -66,6 +66,6 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert main(["eval", "--policy", str(tmp_path / "missing")]) == 2
     plain = save_tiny_world_bundle(tmp_path / "plain", recipe="ki")  # no keypoints
     assert main(["eval", "--policy", str(plain), "--keypoint-peak", "1", "--out", str(tmp_path)]) == 2
-    assert "--keypoint-peak: the policy has no keypoints" in capsys.readouterr().err
+    assert "keypoint_peak: the policy has no keypoints" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["study", "nope"])

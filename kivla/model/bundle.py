@@ -88,6 +88,18 @@ class PolicyBundle:
         )
         return actions.float().cpu().numpy()
 
+    def set_keypoint_peak(self, peak: int) -> None:
+        """Run-time choice of how keypoints 0 / 1 are read (ExpertConfig.keypoint_peak: -1 the
+        spatial-softmax mean, r >= 0 a soft-argmax within r grid cells of the peak). With
+        keypoint_teacher_forcing 1 the expert was trained on the named objects' true centres there,
+        not on either reading, so a policy trained with one can be run with the other."""
+        keypoints = self.policy.expert.keypoints
+        if keypoints is None:
+            raise ValueError("keypoint_peak: the policy has no keypoints (ExpertConfig.keypoints is 0)")
+        if peak < -1:
+            raise ValueError(f"keypoint_peak: expected -1 (off) or a radius >= 0 in grid cells, got {peak}")
+        keypoints.peak = peak
+
     # -- files -----------------------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
         b = self.builder

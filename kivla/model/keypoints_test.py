@@ -340,3 +340,16 @@ def test_policy_hands_the_expert_the_image_naming_of_its_prompt(builder, config)
     assert policy.encode_prefix(batch).select(torch.tensor([1])).image_naming.shape[0] == 1
     with pytest.raises(ValueError, match="keypoint_naming"):
         with_keypoints(config, k=0, naming=True)
+
+
+def test_a_bundle_sets_its_keypoint_reading_at_run_time(builder, config):
+    from kivla.model.bundle import PolicyBundle
+
+    bundle = PolicyBundle(KIPolicy(recipe_config("ki", with_keypoints(config))), builder)
+    assert bundle.policy.expert.keypoints.peak == -1
+    bundle.set_keypoint_peak(1)
+    assert bundle.policy.expert.keypoints.peak == 1
+    with pytest.raises(ValueError, match="keypoint_peak: expected -1"):
+        bundle.set_keypoint_peak(-2)
+    with pytest.raises(ValueError, match="keypoint_peak: the policy has no keypoints"):
+        PolicyBundle(KIPolicy(recipe_config("ki", config)), builder).set_keypoint_peak(1)

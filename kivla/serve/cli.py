@@ -43,6 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sv.add_argument("--fps", type=int, default=10, help="control rate reported in the metadata")
     sv.add_argument("--seed", type=int, default=0, help="noise seed for requests without their own")
     sv.add_argument("--weights", choices=("auto", "ema", "model"), default="auto")
+    sv.add_argument(
+        "--keypoint-peak", type=int, default=None, metavar="R",
+        help="as `kivla eval --keypoint-peak` (default: the policy's ExpertConfig.keypoint_peak)",
+    )  # fmt: skip
     sv.add_argument("--device", default="cpu")
     sv.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     sv.set_defaults(func=run_serve)
@@ -76,6 +80,8 @@ def run_serve(args: argparse.Namespace) -> int:
         keys=ObservationKeys.parse(args.key),
     )
     bundle = PolicyBundle.load(resolve_policy_dir(args.policy), weights=args.weights, device=args.device)
+    if args.keypoint_peak is not None:
+        bundle.set_keypoint_peak(args.keypoint_peak)
     try:
         PolicyServer(bundle, config).run()
     except KeyboardInterrupt:

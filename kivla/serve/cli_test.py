@@ -72,6 +72,8 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
     assert "--key: expected NAME=KEY" in capsys.readouterr().err
     assert main(["serve", "--policy", str(tmp_path / "bundle"), "--max-batch", "0"]) == 2
     assert "max_batch" in capsys.readouterr().err
+    assert main(["serve", "--policy", str(tmp_path / "bundle"), "--keypoint-peak", "1"]) == 2
+    assert "keypoint_peak: the policy has no keypoints" in capsys.readouterr().err
 
 
 def test_help(capsys):
