@@ -96,9 +96,7 @@ class PolicyBundle:
         keypoints = self.policy.expert.keypoints
         if keypoints is None:
             raise ValueError("keypoint_peak: the policy has no keypoints (ExpertConfig.keypoints is 0)")
-        if peak < -1:
-            raise ValueError(f"keypoint_peak: expected -1 (off) or a radius >= 0 in grid cells, got {peak}")
-        keypoints.peak = peak
+        keypoints.set_peak(peak)
 
     # -- files -----------------------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:

@@ -43,12 +43,11 @@ class SpatialKeypoints(nn.Module):
                  key_dim: int = 32, offsets: bool = False, prompt_pool: str = "mean",
                  naming: bool = False, peak: int = -1, peaked: int = 2) -> None:  # fmt: skip
         super().__init__()
-        if peak < -1:
-            raise ValueError(f"peak: expected -1 (off) or a radius >= 0 in grid cells, got {peak}")
         if prompt_pool not in ("mean", "attention"):
             raise ValueError(f"prompt_pool: expected 'mean' or 'attention', got {prompt_pool!r}")
         self.grid, self.num_keypoints = grid, num_keypoints
-        self.peak, self.peaked = peak, min(peaked, num_keypoints)
+        self.peaked = min(peaked, num_keypoints)
+        self.set_peak(peak)
         self.offset = None
         if offsets:
             self.offset = nn.Linear(value_dim, 2)
@@ -80,6 +79,12 @@ class SpatialKeypoints(nn.Module):
         """values [B, kv, Np, hd] (image tokens first), valid bool [B, Np] (and naming [B, n, Lp]
         with `naming`) -> [B, K, 2]; examples without an image get keypoints at the centre (0, 0)."""
         return self.points(self.local(self.weights(values, valid, naming)), self.offsets(values))
+
+    def set_peak(self, peak: int) -> None:
+        """How keypoints 0 .. peaked-1 are read from now on: -1 the softmax mean, r >= 0 `local`."""
+        if peak < -1:
+            raise ValueError(f"keypoint_peak: expected -1 (off) or a radius >= 0 in grid cells, got {peak}")
+        self.peak = peak
 
     def local(self, weights: Tensor) -> Tensor:
         """Softmax weights [B, K, n] -> the same with the first `peaked` keypoints' rows restricted
