@@ -23,7 +23,7 @@ import numpy as np
 from kivla.data.world_env import GRASP_HEIGHT, GRASP_RADIUS, VectorEnv, WorldConfig
 from kivla.data.world_tasks import PLACE_ON_TOLERANCE, goal_point
 from kivla.eval.baselines import BundlePolicy, OraclePolicy
-from kivla.eval.rollout import EvalConfig, check_chunk, episode_seed
+from kivla.eval.rollout import EvalConfig, episode_seed, run_batch
 from kivla.model.bundle import PolicyBundle
 
 
@@ -35,66 +35,72 @@ def _share(hits: list[bool]) -> float | None:
     return float(np.mean(hits)) if hits else None
 
 
+def _present(watchers: list, name: str) -> list:
+    """The watchers' values of `name` where the episode had one (not None)."""
+    return [v for v in (getattr(w, name) for w in watchers) if v is not None]
+
+
+class GraspWatcher:
+    """One env's episode as `run_batch` steps it: the first empty close low, the pick-ups and the
+    first release of the target."""
+
+    def __init__(self, env) -> None:
+        self.env = env
+        self.before = env.scene.positions.copy()  # positions before the step (a failed close pushes)
+        self.was_open, self.held_before = True, -1
+        self.first_close: float | None = None  # ee-target distance at the first empty close
+        self.nearer_dest: bool | None = None  # place_on: that close was nearer the destination
+        self.towards_dest: float | None = None  # place_on: its offset along target -> destination
+        self.picked = self.picked_other = False  # the target / another object first
+        self.first_release: float | None = None  # target-goal distance when first let go
+
+    def update(self) -> None:
+        task, scene, before = self.env.task, self.env.scene, self.before
+        ee = scene.ee
+        closed_low_empty = self.was_open and ee[3] < 0.5 and ee[2] < GRASP_HEIGHT and self.held_before < 0
+        if closed_low_empty and self.first_close is None:
+            self.first_close = float(np.linalg.norm(before[task.target] - ee[:2]))
+            if task.destination >= 0:
+                self.nearer_dest = float(np.linalg.norm(before[task.destination] - ee[:2])) < self.first_close
+                axis = before[task.destination] - before[task.target]
+                self.towards_dest = float((ee[:2] - before[task.target]) @ axis / np.linalg.norm(axis))
+        if scene.held >= 0 and not self.picked and scene.held != task.target:
+            self.picked_other = True
+        self.picked |= scene.held == task.target
+        if self.held_before == task.target and scene.held != task.target and self.first_release is None:
+            self.first_release = float(np.linalg.norm(scene.positions[task.target] - goal_point(task, scene)))
+        self.was_open, self.held_before = ee[3] >= 0.5, scene.held
+        self.before = scene.positions.copy()
+
+
 def pick_place_episodes(policy, family: str, split: str, episodes: int, execute_steps: int = 10) -> dict:
-    """Grasp and release outcomes of `episodes` episodes of `family` in `split` (the eval's seeds)."""
+    """Grasp and release outcomes of `episodes` episodes of `family` in `split` (the eval's seeds),
+    all stepped together by the evaluation's own loop."""
     config = EvalConfig(episodes=episodes, families=(family,), execute_steps=execute_steps)
     seeds = [episode_seed(config.seed, split, family, i) for i in range(episodes)]
     env = VectorEnv(WorldConfig(image_size=config.image_size, max_steps=config.max_steps), episodes)
-    if hasattr(policy, "bind"):
-        policy.bind(env)
-    obs, _ = env.reset(seeds, {"split": split, "family": family})
-    picked = np.zeros(episodes, dtype=bool)
-    picked_other = np.zeros(episodes, dtype=bool)  # held another object before the target
-    first_close: list[float | None] = [None] * episodes  # ee-target distance at the first empty close
-    nearer_dest: list[bool] = []  # place_on: that close was nearer the destination than the target
-    towards_dest: list[float] = []  # place_on: its offset from the target along target -> destination
-    first_release: list[float | None] = [None] * episodes  # target-goal distance when first let go
-    was_open = np.ones(episodes, dtype=bool)
-    held_before = np.full(episodes, -1)
-    while not env.done.all():
-        chunk = check_chunk(policy.act(obs), episodes)
-        for k in range(min(config.execute_steps, chunk.shape[1])):
-            active = ~env.done
-            before = [e.scene.positions.copy() for e in env.envs]  # a failed close pushes objects
-            obs, *_ = env.step(chunk[:, k])
-            for i in np.flatnonzero(active):
-                task, scene = env.envs[i].task, env.envs[i].scene
-                ee = scene.ee
-                if was_open[i] and ee[3] < 0.5 and ee[2] < GRASP_HEIGHT and held_before[i] < 0:
-                    if first_close[i] is None:
-                        first_close[i] = float(np.linalg.norm(before[i][task.target] - ee[:2]))
-                        if task.destination >= 0:
-                            to_dest = float(np.linalg.norm(before[i][task.destination] - ee[:2]))
-                            nearer_dest.append(to_dest < first_close[i])
-                            axis = before[i][task.destination] - before[i][task.target]
-                            offset = ee[:2] - before[i][task.target]
-                            towards_dest.append(float(offset @ axis / np.linalg.norm(axis)))
-                if scene.held >= 0 and not picked[i] and scene.held != task.target:
-                    picked_other[i] = True
-                picked[i] |= scene.held == task.target
-                if held_before[i] == task.target and scene.held != task.target and first_release[i] is None:
-                    gap = scene.positions[task.target] - goal_point(task, scene)
-                    first_release[i] = float(np.linalg.norm(gap))
-                was_open[i] = ee[3] >= 0.5
-                held_before[i] = scene.held
-            if env.done.all():
-                break
+    watchers: list[GraspWatcher] = []
+
+    def watch(e) -> GraspWatcher:
+        watchers.append(GraspWatcher(e))
+        return watchers[-1]
+
+    rows, _ = run_batch(policy, env, seeds, {"split": split, "family": family}, config, watch=watch)
     final = [np.linalg.norm(e.scene.positions[e.task.target] - goal_point(e.task, e.scene)) for e in env.envs]
-    closes = [d for d in first_close if d is not None]
-    releases = [d for d in first_release if d is not None]
+    closes, releases = _present(watchers, "first_close"), _present(watchers, "first_release")
     return {
         "family": family,
         "split": split,
         "episodes": episodes,
-        "success": float(env.success.mean()),
-        "closed_low": float(np.mean([d is not None for d in first_close])),
+        "success": float(np.mean([r["success"] for r in rows])),
+        "closed_low": float(np.mean([w.first_close is not None for w in watchers])),
         "first_close_target_distance_median": _median(closes),
         "first_close_within_grasp_radius": _share([d <= GRASP_RADIUS for d in closes]),
-        "first_close_nearer_the_destination": _share(nearer_dest),
-        "first_close_offset_towards_destination_median": _median(towards_dest),
-        "picked_up_target": float(picked.mean()),
-        "picked_up_another_object_first": float(picked_other.mean()),
-        "released_target": float(np.mean([d is not None for d in first_release])),
+        "first_close_nearer_the_destination": _share(_present(watchers, "nearer_dest")),
+        "first_close_offset_towards_destination_median": _median(_present(watchers, "towards_dest")),
+        "picked_up_target": float(np.mean([w.picked for w in watchers])),
+        "picked_up_another_object_first": float(np.mean([w.picked_other for w in watchers])),
+        "released_target": float(np.mean([w.first_release is not None for w in watchers])),
         "first_release_goal_distance_median": _median(releases),
         "first_release_within_place_on_tolerance": _share([d < PLACE_ON_TOLERANCE for d in releases]),
         "final_goal_distance_median": float(np.median(final)),

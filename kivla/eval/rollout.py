@@ -21,6 +21,7 @@ An episode in which nothing is engaged is not followed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -218,13 +219,17 @@ def check_chunk(actions: np.ndarray, batch: int, action_dim: int = ACTION_DIM) -
 
 
 def run_batch(
-    policy: Policy, env: VectorEnv, seeds: list[int], options: dict, config: EvalConfig, record: bool = False
+    policy: Policy, env: VectorEnv, seeds: list[int], options: dict, config: EvalConfig, record: bool = False,
+    watch: Callable[[Any], Any] | None = None,
 ) -> tuple[list[dict], list[np.ndarray]]:
-    """Run one batch of episodes to the end; per-env dicts and, when `record`, env 0's frames."""
+    """Run one batch of episodes to the end; per-env dicts and, when `record`, env 0's frames.
+    `watch(env)`, called for each env after the reset, returns an object whose `update()` runs after
+    each of that env's steps, as the follow tracker's does (probes of what happens in an episode)."""
     if hasattr(policy, "bind"):  # env-aware policies (the oracle) see the envs they act in
         policy.bind(env)
     obs, infos = env.reset(seeds, options)
     trackers = [FollowTracker(e) for e in env.envs]
+    watchers = [watch(e) for e in env.envs] if watch is not None else []
     lengths = np.zeros(env.num_envs, dtype=np.int64)
     frames = [obs["image"][0]] if record else []
     while not env.done.all():
@@ -235,6 +240,8 @@ def run_batch(
             lengths += active
             for i in np.flatnonzero(active):
                 trackers[i].update()
+                if watchers:
+                    watchers[i].update()
             if record and active[0]:
                 frames.append(obs["image"][0])
             if env.done.all():
