@@ -17,6 +17,12 @@ The seventh round's bound trains on privileged-state data (`kivla world generate
         --val runs/exp/val_priv --init runs/demo/pretrain/checkpoints/step_00000600 \
         --steps 1500 --lr 1e-3 --policy '{"state_input": "token"}'
 
+A named perception sets its fields as `kivla train --perception` does (the tenth round's runs):
+
+    python experiments/policy_losses.py fz_nk_900_lr1e3 --recipe frozen --perception naming_keypoints \
+        --data runs/demo/data --val runs/demo/val --init runs/demo/pretrain/checkpoints/step_00000600 \
+        --steps 900 --lr 1e-3
+
 Appends one JSON line to runs/exp/policy_results.jsonl. The sixth round's replanning horizons
 (docs/results/replanning.jsonl, one line a horizon in runs/exp/replan.jsonl):
 
@@ -225,6 +231,7 @@ def main() -> None:
     p.add_argument("--val", type=Path, required=True)
     p.add_argument("--init", type=Path)
     p.add_argument("--recipe", default="ki")
+    p.add_argument("--perception", default="prefix", help="a kivla.model.presets.PERCEPTIONS name")
     p.add_argument("--steps", type=int, default=700)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
@@ -249,6 +256,7 @@ def main() -> None:
                         warmup_steps=max(1, args.steps // 20), save_every=args.steps, keep_last=1,
                         log_every=max(1, args.steps // 50))  # fmt: skip
     run = RunConfig(recipe=args.recipe, data=args.data, out=out, init=args.init, train=train,
+                    perception=args.perception,
                     mixture=MixtureConfig(**json.loads(args.mixture)),
                     policy_overrides=json.loads(args.policy))  # fmt: skip
     start = time.time()
