@@ -235,6 +235,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=700)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0, help="training seed (data order, initialization)")
     p.add_argument("--policy", default="{}")
     p.add_argument("--mixture", default="{}")
     p.add_argument("--episodes", type=int, default=48)
@@ -254,7 +255,7 @@ def main() -> None:
     out = Path("runs/exp/policy") / args.name
     train = TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr,
                         warmup_steps=max(1, args.steps // 20), save_every=args.steps, keep_last=1,
-                        log_every=max(1, args.steps // 50))  # fmt: skip
+                        log_every=max(1, args.steps // 50), seed=args.seed)  # fmt: skip
     run = RunConfig(recipe=args.recipe, data=args.data, out=out, init=args.init, train=train,
                     perception=args.perception,
                     mixture=MixtureConfig(**json.loads(args.mixture)),
