@@ -60,6 +60,9 @@ class BackboneOutput:
     suffix_hidden: Tensor | None  # [B, Ls, W] final-normed hidden states of the suffix, None if Ls = 0
     # {layer: [B, Ni, W]}: image tokens after that many layers (0: embeddings), as asked for
     image_hidden: dict[int, Tensor] = field(default_factory=dict)
+    # {layer: [B, heads, Ls, Np + Ls]}: that layer's attention probabilities from the suffix queries
+    # over all keys (prefix, then suffix), as asked for
+    suffix_attention: dict[int, Tensor] = field(default_factory=dict)
 
 
 class Backbone(nn.Module):
@@ -107,18 +110,26 @@ class DecoderLayer(nn.Module):
         self.mlp = SwiGLU(c.width, c.mlp_hidden)
 
     def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor, queries_from: int = 0
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """x [B, N, W] -> (x [B, N - queries_from, W], k [B, kv, N, hd], v [B, kv, N, hd]).
+        self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor, queries_from: int = 0,
+        probs_from: int | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:  # fmt: skip
+        """x [B, N, W] -> (x [B, N - queries_from, W], k [B, kv, N, hd], v [B, kv, N, hd], probs).
 
-        Tokens before `queries_from` contribute keys/values only; their outputs are not computed."""
+        Tokens before `queries_from` contribute keys/values only; their outputs are not computed.
+        probs: the attention probabilities [B, h, N - probs_from, N] of the queries from `probs_from`
+        on (None when not asked), the same numbers the attention used, with gradients."""
         q, k, v = self.attn(self.attn_norm(x), rope)
+        probs = None
+        if probs_from is not None:
+            keys = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # [B, h, N, hd]
+            scores = q[:, :, probs_from:] @ keys.transpose(-1, -2) / q.shape[-1] ** 0.5
+            probs = (scores + mask[:, :, probs_from:]).float().softmax(-1)
         x = x[:, queries_from:]
         if x.shape[1] == 0:
-            return x, k, v
+            return x, k, v, probs
         x = x + self.attn.out(attend(q[:, :, queries_from:], k, v, mask[:, :, queries_from:]))
         x = x + self.mlp(self.mlp_norm(x))
-        return x, k, v
+        return x, k, v, probs
 
 
 def image_stem(config: BackboneConfig) -> nn.Module:
@@ -177,9 +188,11 @@ class TinyVLM(Backbone):
         return torch.cat([patches, tokens], dim=1), torch.cat([image_valid, prefix_mask], dim=1)
 
     def forward(self, images, image_mask, prefix_ids, prefix_mask, suffix_ids=None, suffix_mask=None,
-                image_hidden_layers: tuple[int, ...] = ()):  # fmt: skip
+                image_hidden_layers: tuple[int, ...] = (),
+                suffix_attention_layers: tuple[int, ...] = ()):  # fmt: skip
         """`image_hidden_layers`: also return the image tokens after these many layers (0: embeddings;
-        at most depth - 1: the last layer computes suffix outputs only)."""
+        at most depth - 1: the last layer computes suffix outputs only). `suffix_attention_layers`:
+        also return the attention probabilities of the suffix queries in these layers (0-based)."""
         x, prefix_valid = self.embed_prefix(images, image_mask, prefix_ids, prefix_mask)
         num_image = self.config.num_image_tokens
         image_hidden = {0: x[:, :num_image]} if 0 in image_hidden_layers else {}
@@ -192,18 +205,22 @@ class TinyVLM(Backbone):
             suffix_mask = prefix_valid[:, :0]
         mask = additive_mask(backbone_attention_mask(prefix_valid, suffix_mask), x.dtype)
         rope = rope_tables(positions, self.head_dim, self.rope_theta, x.dtype)
-        keys, values = [], []
+        keys, values, attention = [], [], {}
         for i, layer in enumerate(self.layers):
             # After the last layer nothing reads the prefix tokens' outputs (the expert and the
             # suffix read their K/V), so that layer computes outputs for the suffix only.
             last = i == len(self.layers) - 1
-            x, k, v = layer(x, rope, mask, queries_from=num_prefix if last else 0)
+            probs_from = num_prefix if i in suffix_attention_layers else None
+            queries_from = num_prefix if last else 0
+            x, k, v, probs = layer(x, rope, mask, queries_from, probs_from)
+            if probs is not None:
+                attention[i] = probs
             keys.append(k[:, :, :num_prefix])
             values.append(v[:, :, :num_prefix])
             if i + 1 in image_hidden_layers and not last:
                 image_hidden[i + 1] = x[:, :num_image]
         suffix_hidden = self.final_norm(x) if x.shape[1] > 0 else None  # x: the suffix only now
-        return BackboneOutput(PrefixCache(keys, values, prefix_valid), suffix_hidden, image_hidden)
+        return BackboneOutput(PrefixCache(keys, values, prefix_valid), suffix_hidden, image_hidden, attention)
 
     def lm_logits(self, hidden: Tensor) -> Tensor:
         return hidden @ self.token_embed.weight.T  # tied head, as in PaliGemma

@@ -25,7 +25,7 @@ def test_last_layer_shortcut_equals_the_full_computation():
     mask = additive_mask(backbone_attention_mask(valid, suffix_mask), x.dtype)
     rope = rope_tables(positions, backbone.head_dim, backbone.rope_theta, x.dtype)
     for layer, k_cached in zip(backbone.layers, out.cache.keys, strict=True):
-        x, k, _ = layer(x, rope, mask)
+        x, k, _, _ = layer(x, rope, mask)
         torch.testing.assert_close(k[:, :, :num_prefix], k_cached)
     torch.testing.assert_close(out.suffix_hidden, backbone.final_norm(x[:, num_prefix:]))
     assert out.cache.valid[:, :4].tolist() == [[True] * 4, [False] * 4]  # 4 image tokens, image 1 missing

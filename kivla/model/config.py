@@ -219,6 +219,12 @@ class KIPolicyConfig:
     # (in token units), so that the expert, which reads tokens through attention, finds a position
     # finer than the token grid in their features. 0: no position head.
     where_weight: float = 0.0
+    # Grounding loss: in backbone layer `ground_layer` (0-based), attention heads 0 and 1 of every
+    # suffix position that predicts an answer token put their mass on the image tokens of the
+    # object the question refers to first (head 0) and second (head 1), so that the answer can
+    # read and compare the named objects' features (docs/learning.md, eleventh round).
+    ground_weight: float = 0.0
+    ground_layer: int = 2
     # Keypoint supervision: the expert's keypoint 0 puts its spatial softmax on the token of the
     # object the instruction names first (keypoint 1: the second, e.g. a place-on destination) and
     # its coordinates on that object's centre. Needs the world's labels; trains the expert's
@@ -242,6 +248,7 @@ class KIPolicyConfig:
             "vision_weight",
             "refer_weight",
             "where_weight",
+            "ground_weight",
             "keypoint_weight",
         ):
             value = getattr(self, name)
@@ -268,11 +275,11 @@ class KIPolicyConfig:
             )
 
         if (
-            self.vision_weight > 0 or self.refer_weight > 0 or self.where_weight > 0
+            self.vision_weight > 0 or self.refer_weight > 0 or self.where_weight > 0 or self.ground_weight > 0
         ) and self.vision_labels < 2:
             raise ValueError(
-                "KIPolicyConfig.vision_labels: expected >= 2 when vision_weight, refer_weight or "
-                "where_weight > 0, "
+                "KIPolicyConfig.vision_labels: expected >= 2 when vision_weight, refer_weight, "
+                "where_weight or ground_weight > 0, "
                 f"got {self.vision_labels}"
             )
         if self.keypoint_weight > 0 and (self.expert.keypoints < 2 or self.vision_labels < 2):
@@ -295,7 +302,14 @@ class KIPolicyConfig:
             raise ValueError(
                 f"KIPolicyConfig.vision_readout: expected 'head' or 'words', got {self.vision_readout!r}"
             )
-        for name in ("vision_layer", "refer_layer"):
+        if self.ground_weight > 0 and self.backbone.num_heads < 2:
+            raise ValueError(
+                f"KIPolicyConfig.ground_weight: needs a backbone with >= 2 attention heads, got "
+                f"{self.backbone.num_heads}"
+            )
+        for name in ("vision_layer", "refer_layer", "ground_layer"):
+            if name == "ground_layer" and self.ground_weight == 0:
+                continue
             value = getattr(self, name)
             if not 0 <= value < self.backbone.depth:
                 depth = self.backbone.depth

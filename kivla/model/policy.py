@@ -28,7 +28,7 @@ from kivla.model.vision import (
     token_cross_entropy_per_example,
 )
 
-LOSS_NAMES = ("flow", "fast", "lm", "vision", "refer", "where", "keypoint")
+LOSS_NAMES = ("flow", "fast", "lm", "vision", "refer", "where", "ground", "keypoint")
 
 
 @dataclass
@@ -76,6 +76,7 @@ class KIPolicy(nn.Module):
             "vision": self.vision_head is not None,
             "refer": self.vision_head is not None,
             "where": self.where_head is not None,
+            "ground": self.config.ground_weight > 0,
             "keypoint": self.config.keypoint_weight > 0,
         }
         return tuple(n for n in LOSS_NAMES if heads.get(n, True))
@@ -142,11 +143,14 @@ class KIPolicy(nn.Module):
                 )
 
     # -- forward ---------------------------------------------------------------------------------
-    def _encode(self, batch: KIBatch, with_suffix: bool, image_hidden_layers: tuple[int, ...] = ()):
+    def _encode(self, batch: KIBatch, with_suffix: bool, image_hidden_layers: tuple[int, ...] = (),
+                attention_layers: tuple[int, ...] = ()):  # fmt: skip
         suffix = (batch.suffix_ids, batch.suffix_mask) if with_suffix else (None, None)
         naming = self.config.expert.keypoint_naming
         layers = tuple(sorted(set(image_hidden_layers) | ({self.config.vision_layer} if naming else set())))
         extra = {"image_hidden_layers": layers} if layers else {}
+        if attention_layers:
+            extra["suffix_attention_layers"] = attention_layers
         out = self.backbone(batch.images, batch.image_mask, batch.prefix_ids, batch.prefix_mask, *suffix,
                             **extra)  # fmt: skip
         if naming:
@@ -192,15 +196,17 @@ class KIPolicy(nn.Module):
             and bool((batch.suffix_loss["fast"] & batch.loss_mask["fast"][:, None]).any()),
             "lm": c.lm_weight > 0 and bool((batch.suffix_loss["lm"] & batch.loss_mask["lm"][:, None]).any()),
         }
-        for name in ("vision", "refer", "where", "keypoint"):
+        for name in ("vision", "refer", "where", "ground", "keypoint"):
             labelled = self._labelled_rows(batch, name)
             weight = getattr(c, f"{name}_weight")
             wants[name] = weight > 0 and batch.image_labels is not None and bool(labelled.any())
+        wants["ground"] = wants["ground"] and wants["lm"]
         layers = {c.vision_layer for n in ("vision", "where") if wants[n]} | (
             {c.refer_layer} if wants["refer"] else set()
         )
         out = self._encode(batch, with_suffix=wants["fast"] or wants["lm"],
-                           image_hidden_layers=tuple(sorted(layers)))  # fmt: skip
+                           image_hidden_layers=tuple(sorted(layers)),
+                           attention_layers=(c.ground_layer,) if wants["ground"] else ())  # fmt: skip
         zero = batch.images.new_zeros(())
         parts = {
             "flow": self._flow_loss(batch, out.cache, generator, flow_time) if c.flow_weight > 0 else zero
@@ -212,10 +218,12 @@ class KIPolicy(nn.Module):
             parts["refer"] = self._vision_loss(batch, out, "refer") if wants["refer"] else zero
         if self.where_head is not None:
             parts["where"] = self._where_loss(batch, out) if wants["where"] else zero
+        if c.ground_weight > 0:
+            parts["ground"] = self._ground_loss(batch, out) if wants["ground"] else zero
         if c.keypoint_weight > 0:
             parts["keypoint"] = self._keypoint_loss(batch, out.cache) if wants["keypoint"] else zero
         total = c.flow_weight * parts["flow"] + c.fast_weight * parts["fast"] + c.lm_weight * parts["lm"]
-        for name in ("vision", "refer", "where", "keypoint"):
+        for name in ("vision", "refer", "where", "ground", "keypoint"):
             total = total + getattr(c, f"{name}_weight") * parts.get(name, zero)
         if not total.requires_grad:  # a batch with nothing to learn still supports backward()
             total = total + 0.0 * next(self.expert.parameters()).sum()
@@ -307,12 +315,34 @@ class KIPolicy(nn.Module):
         error = (predicted - offsets).pow(2).sum(-1)  # [B', N]
         return self._batch_mean(batch, "where", (error * owned).sum(-1) / owned.sum(-1).clamp(min=1))
 
+    def _ground_loss(self, batch: KIBatch, out: BackboneOutput) -> Tensor:
+        """Heads 0 / 1 of layer `ground_layer` at each suffix position that predicts an answer token:
+        minus the log of their attention mass on the tokens of the object referred first / second,
+        mean over the positions and roles an example has, then `_batch_mean`."""
+        c = self.config
+        if c.ground_layer not in out.suffix_attention:
+            raise ValueError(
+                f"ground loss: this backbone ({type(self.backbone).__name__}) does not expose its attention"
+            )
+        rows = (self._labelled_rows(batch, "ground") & batch.loss_mask["lm"]).nonzero().flatten()
+        n = c.backbone.num_image_tokens
+        probs = out.suffix_attention[c.ground_layer][rows, :2, :-1, :n]  # [B', 2, Ls-1, n]
+        queries = batch.suffix_loss["lm"][rows, 1:].float()  # [B', Ls-1]: predicts an answer token
+        marked, _ = referred_objects(batch.image_labels[rows], batch.image_refs[rows],
+                                     c.vision_labels, c.backbone.patch_size)  # fmt: skip
+        found = (probs * marked[:, :, None].float()).sum(-1).clamp(min=1e-6)  # [B', 2, Ls-1]
+        per_role = -(found.log() * queries[:, None]).sum(-1) / queries.sum(-1).clamp(min=1)[:, None]
+        has = marked.any(-1).float()  # [B', 2]
+        return self._batch_mean(batch, "ground", (per_role * has).sum(-1) / has.sum(-1).clamp(min=1))
+
     @staticmethod
     def _labelled_rows(batch: KIBatch, name: str) -> Tensor:
         """bool [B]: the examples that carry the labels of dense loss `name` ("keypoint": robot
-        frames whose instruction refers to objects)."""
+        frames whose instruction refers to objects; "ground": examples whose prompt refers to objects)."""
         if name == "keypoint":
             return batch.loss_mask["flow"] & batch.loss_mask.get("refer", batch.image_mask) & batch.image_mask
+        if name == "ground":
+            return batch.loss_mask.get("refer", batch.image_mask) & batch.image_mask
         return batch.loss_mask.get(name, batch.image_mask) & batch.image_mask
 
     def _keypoint_loss(self, batch: KIBatch, cache: PrefixCache) -> Tensor:

@@ -5,9 +5,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from einops import rearrange
 
 from kivla.data.example import Example
-from kivla.model.conftest import robot_example
+from kivla.model.conftest import robot_example, vqa_example
+from kivla.model.layers import additive_mask, attend, rope_tables
+from kivla.model.masks import backbone_attention_mask, following_positions, prefix_positions
 from kivla.model.policy import KIPolicy
 from kivla.model.presets import recipe_config
 from kivla.model.vision import object_token_labels, object_tokens, referred_objects, referred_token_labels
@@ -147,3 +150,64 @@ def test_conv_wide_is_the_probed_stem():
     assert convs == [(3, 64, 2), (64, 128, 2), (128, 128, 1), (128, 256, 2)]
     assert sum(p.numel() for p in stem.parameters()) == 518_400
     assert stem(torch.rand(1, 3, 64, 64)).shape == (1, 256, 8, 8)
+
+
+def test_suffix_attention_is_the_attention_the_layer_used(builder, config):
+    rng = np.random.default_rng(5)
+    policy = _policy(config)
+    batch = builder.collate([_labelled_example(rng), vqa_example(rng)])
+    backbone = policy.backbone
+    x, valid = backbone.embed_prefix(batch.images, batch.image_mask, batch.prefix_ids, batch.prefix_mask)
+    out = backbone(batch.images, batch.image_mask, batch.prefix_ids, batch.prefix_mask, batch.suffix_ids,
+                   batch.suffix_mask, suffix_attention_layers=(0,))  # fmt: skip
+    probs = out.suffix_attention[0]  # [B, h, Ls, Np + Ls]
+    n_prefix, n_suffix = x.shape[1], batch.suffix_ids.shape[1]
+    assert probs.shape == (2, config.backbone.num_heads, n_suffix, n_prefix + n_suffix)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
+    # Reading layer 0's values with these probabilities gives the attention output SDPA computed.
+    layer = backbone.layers[0]
+    full = torch.cat([x, backbone.token_embed(batch.suffix_ids)], dim=1)
+    positions = torch.cat([prefix_positions(valid), following_positions(valid, batch.suffix_mask)], dim=1)
+    rope = rope_tables(positions, backbone.head_dim, backbone.rope_theta, full.dtype)
+    mask = additive_mask(backbone_attention_mask(valid, batch.suffix_mask), full.dtype)
+    q, k, v = layer.attn(layer.attn_norm(full), rope)
+    expected = attend(q[:, :, n_prefix:], k, v, mask[:, :, n_prefix:])
+    values = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    torch.testing.assert_close(rearrange(probs @ values, "b h n d -> b n (h d)"), expected)
+
+
+def test_ground_loss_moves_answer_attention_onto_the_referred_object(builder, config):
+    rng = np.random.default_rng(6)
+    policy = _policy(config, ground_weight=1.0, ground_layer=1)
+    assert "ground" in policy.loss_names
+    batch = builder.collate([robot_example(rng), _labelled_example(rng), vqa_example(rng)])
+    assert batch.loss_mask["refer"].tolist() == [False, True, False]
+    out = policy(batch, generator=torch.Generator().manual_seed(0))
+    assert out.parts["ground"] > 0
+    policy.zero_grad(set_to_none=True)
+    out.parts["ground"].backward()
+    assert all(p.grad is None for p in policy.expert.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.backbone.layers[1].parameters())
+    # Descending it raises the answer's attention mass on the circle's tokens (label 2, top left).
+    optimizer = torch.optim.Adam(policy.backbone.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = policy(batch, generator=torch.Generator().manual_seed(0)).parts["ground"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_ground_loss_is_zero_without_referred_objects(builder, config):
+    rng = np.random.default_rng(7)
+    policy = _policy(config, ground_weight=1.0, ground_layer=1)
+    batch = builder.collate([robot_example(rng), vqa_example(rng)])
+    out = policy(batch, generator=torch.Generator().manual_seed(0))
+    assert out.parts["ground"] == 0
+
+
+def test_ground_layer_is_checked(config):
+    with pytest.raises(ValueError, match="ground_layer"):
+        _policy(config, ground_weight=1.0, ground_layer=config.backbone.depth)

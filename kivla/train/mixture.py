@@ -73,6 +73,7 @@ class MixtureBatches:
         vqa = sum(s == "vqa" or (labelled and s == "robot") for s in sources)  # prompts naming objects
         return {"flow": robot / shards, "fast": fast / shards, "lm": (len(sources) - robot) / shards,
                 "vision": seen / shards, "refer": vqa / shards, "where": seen / shards,
+                "ground": sum(s == "vqa" for s in sources) / shards,  # answers about named objects
                 "keypoint": (robot if labelled else 0) / shards}  # fmt: skip
 
     def __call__(self, step: int, micro: int, rank: int, world_size: int, n: int) -> KIBatch:
