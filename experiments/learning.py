@@ -53,12 +53,15 @@ def main() -> None:
     p.add_argument("--policy", default="{}")
     p.add_argument("--mixture", default='{"robot": 0, "caption": 0.3, "vqa": 0.6, "text": 0.1}')
     p.add_argument("--questions", type=int, default=300)
+    p.add_argument("--stem-steps", type=int, default=0, help="vision pretraining of the stem first")
+    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     out = Path("runs/exp") / args.name
     config = PretrainConfig(out=out, steps=args.steps, batch_size=args.batch, lr=args.lr,
                             image_size=args.image_size, mixture=MixtureConfig(**json.loads(args.mixture)),
                             backbone_overrides=json.loads(args.backbone),
-                            policy_overrides=json.loads(args.policy), save_every=args.every)  # fmt: skip
+                            policy_overrides=json.loads(args.policy), save_every=args.every,
+                            stem_steps=args.stem_steps, seed=args.seed)  # fmt: skip
     start = time.perf_counter()
     pretrain_backbone(config, progress=False)
     seconds = time.perf_counter() - start

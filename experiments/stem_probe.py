@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from kivla.data.world_scene import NUM_LABELS, TABLE_RGB, Renderer, sample_scene
+from kivla.data.world_scene import NUM_LABELS, TABLE_RGB, Renderer, labelled_images
 from kivla.model.vision import object_token_labels
 
 IMAGE_SIZE, PATCH, WIDTH = 64, 8, 256
@@ -61,15 +61,9 @@ def stems() -> dict[str, nn.Module]:
 
 def scenes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """n random scenes (2-4 objects, the gripper anywhere) -> images [n, 3, S, S], labels [n, N]."""
-    rng, renderer = np.random.default_rng(seed), Renderer(IMAGE_SIZE)
-    images, labels = [], []
-    for _ in range(n):
-        scene = sample_scene(rng, int(rng.integers(2, 5)))
-        scene.ee = np.array([*rng.uniform(0.1, 0.9, 2), rng.uniform(0, 1), rng.integers(0, 2)])
-        images.append(renderer.render(scene))
-        labels.append(renderer.label_map(scene))
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
-    return x, object_token_labels(torch.from_numpy(np.stack(labels)), NUM_LABELS, PATCH)
+    images, labels = labelled_images(np.random.default_rng(seed), n, Renderer(IMAGE_SIZE))
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    return x, object_token_labels(torch.from_numpy(labels), NUM_LABELS, PATCH)
 
 
 def main() -> None:

@@ -182,3 +182,15 @@ class Renderer:
         d2 = (self.px - x) ** 2 + (self.py - y) ** 2
         ring = (d2 <= radius**2) & (d2 >= (radius - width) ** 2)
         return ring, d2 <= (0.6 * width) ** 2 + (0.5 / self.size) ** 2
+
+
+def labelled_images(rng: np.random.Generator, n: int, renderer: Renderer) -> tuple[np.ndarray, np.ndarray]:
+    """n random scenes (2-4 objects, the gripper anywhere, open or closed) -> images uint8
+    [n, S, S, 3] and their label maps uint8 [n, S, S]: what teaches an image encoder to see."""
+    images, labels = [], []
+    for _ in range(n):
+        scene = sample_scene(rng, int(rng.integers(2, 5)))
+        scene.ee = np.array([*rng.uniform(0.1, 0.9, 2), rng.uniform(0, 1), rng.integers(0, 2)])
+        images.append(renderer.render(scene))
+        labels.append(renderer.label_map(scene))
+    return np.stack(images), np.stack(labels)

@@ -8,6 +8,7 @@ backbone token can see an expert token.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -60,9 +61,9 @@ class BackboneOutput:
     suffix_hidden: Tensor | None  # [B, Ls, W] final-normed hidden states of the suffix, None if Ls = 0
     # {layer: [B, Ni, W]}: image tokens after that many layers (0: embeddings), as asked for
     image_hidden: dict[int, Tensor] = field(default_factory=dict)
-    # {layer: [B, heads, Ls, Np + Ls]}: that layer's attention probabilities from the suffix queries
-    # over all keys (prefix, then suffix), as asked for
-    suffix_attention: dict[int, Tensor] = field(default_factory=dict)
+    # {layer: [B, heads, Lp + Ls, Np + Ls]}: that layer's attention probabilities from the text
+    # queries (prompt, then suffix) over all keys (image, prompt, suffix), as asked for
+    text_attention: dict[int, Tensor] = field(default_factory=dict)
 
 
 class Backbone(nn.Module):
@@ -174,12 +175,23 @@ class TinyVLM(Backbone):
         self.token_embed = nn.Embedding(c.vocab_size, c.width)
         nn.init.normal_(self.token_embed.weight, std=0.02)
         self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.depth))
+        if c.init_std is not None:
+            residual_std = c.init_std / math.sqrt(2 * c.depth)
+            for layer in self.layers:
+                for name, module in layer.named_modules():
+                    if isinstance(module, nn.Linear):
+                        std = residual_std if name in ("attn.out", "mlp.down") else c.init_std
+                        nn.init.normal_(module.weight, std=std)
         self.final_norm = RMSNorm(c.width)
+
+    def stem_tokens(self, images: Tensor) -> Tensor:
+        """images [B, 3, S, S] in [0, 1] -> the stem's output [B, n, W], row-major over the grid."""
+        pixels = (images - self.image_mean) / self.image_std
+        return rearrange(self.patch_embed(pixels), "b w h v -> b (h v) w")
 
     def embed_prefix(self, images: Tensor, image_mask: Tensor, prefix_ids: Tensor, prefix_mask: Tensor):
         """-> (embeddings [B, Np, W], valid [B, Np]) with Np = image tokens + Lp."""
-        pixels = (images - self.image_mean) / self.image_std
-        patches = rearrange(self.patch_embed(pixels), "b w h v -> b (h v) w")
+        patches = self.stem_tokens(images)
         if self.image_norm is not None:
             patches = self.image_norm(patches)
         patches = patches + self.image_pos
@@ -189,10 +201,11 @@ class TinyVLM(Backbone):
 
     def forward(self, images, image_mask, prefix_ids, prefix_mask, suffix_ids=None, suffix_mask=None,
                 image_hidden_layers: tuple[int, ...] = (),
-                suffix_attention_layers: tuple[int, ...] = ()):  # fmt: skip
+                text_attention_layers: tuple[int, ...] = ()):  # fmt: skip
         """`image_hidden_layers`: also return the image tokens after these many layers (0: embeddings;
-        at most depth - 1: the last layer computes suffix outputs only). `suffix_attention_layers`:
-        also return the attention probabilities of the suffix queries in these layers (0-based)."""
+        at most depth - 1: the last layer computes suffix outputs only). `text_attention_layers`:
+        also return the attention probabilities of the text queries in these layers (0-based; the
+        last layer has suffix queries only)."""
         x, prefix_valid = self.embed_prefix(images, image_mask, prefix_ids, prefix_mask)
         num_image = self.config.num_image_tokens
         image_hidden = {0: x[:, :num_image]} if 0 in image_hidden_layers else {}
@@ -210,8 +223,8 @@ class TinyVLM(Backbone):
             # After the last layer nothing reads the prefix tokens' outputs (the expert and the
             # suffix read their K/V), so that layer computes outputs for the suffix only.
             last = i == len(self.layers) - 1
-            probs_from = num_prefix if i in suffix_attention_layers else None
             queries_from = num_prefix if last else 0
+            probs_from = num_image if i in text_attention_layers else None
             x, k, v, probs = layer(x, rope, mask, queries_from, probs_from)
             if probs is not None:
                 attention[i] = probs

@@ -1,3 +1,6 @@
+import dataclasses
+
+import pytest
 import torch
 
 from kivla.model.backbone import TinyVLM
@@ -36,3 +39,26 @@ def test_prefix_only_pass_has_no_suffix_hidden():
     out = backbone(torch.rand(1, 3, 16, 16), torch.tensor([True]), torch.zeros(1, 3, dtype=torch.long),
                    torch.ones(1, 3, dtype=torch.bool))  # fmt: skip
     assert out.suffix_hidden is None and len(out.cache.keys) == 2 and out.cache.keys[0].shape == (1, 1, 7, 16)
+
+
+@pytest.mark.parametrize("init_std", [0.02, None])
+def test_init_keeps_image_tokens_apart_through_the_layers(init_std):
+    """With PyTorch's fan-in init every layer adds an update ~7x the image tokens' scale, the same
+    for every token at the start (near-uniform attention), so after one layer the tokens are alike;
+    GPT-2's init (residual projections / sqrt(2 depth)) keeps them apart (docs/learning.md)."""
+    from kivla.model.presets import SIZES
+
+    torch.manual_seed(0)
+    config = dataclasses.replace(SIZES["tiny"].policy_config(vocab_size=64).backbone, init_std=init_std)
+    model = TinyVLM(config)
+    images = torch.rand(4, 3, 64, 64)
+    ids = torch.randint(0, 64, (4, 6))
+    with torch.no_grad():
+        out = model(images, torch.ones(4, dtype=torch.bool), ids, torch.ones(4, 6, dtype=torch.bool),
+                    image_hidden_layers=(0, 3))  # fmt: skip
+
+    def spread(h):  # std across tokens relative to the tokens' RMS
+        return float(h.std(1).pow(2).mean().sqrt() / h.pow(2).mean().sqrt())
+
+    ratio = spread(out.image_hidden[3]) / spread(out.image_hidden[0])
+    assert (ratio > 0.6) if init_std is not None else (ratio < 0.3)

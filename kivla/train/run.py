@@ -45,6 +45,7 @@ from kivla.train.fitting import (
 from kivla.train.loop import Trainer
 from kivla.train.metrics import read_metrics
 from kivla.train.mixture import PRETRAIN_MIXTURE, MixtureBatches, MixtureConfig
+from kivla.train.stem import StemPretrainConfig, pretrain_stem
 
 # The dense vision losses of language pretraining (docs/learning.md): each object's image token
 # names it through the tied LM head, and after layer 1 tokens mark the objects a question refers to.
@@ -128,6 +129,9 @@ class PretrainConfig:
     backbone_overrides: dict[str, Any] = field(default_factory=dict)  # BackboneConfig fields
     save_every: int | None = None  # default: only the final step
     precision: str = "auto"  # TrainConfig.precision
+    # Steps of vision pretraining of the built-in VLM's image stem on the world's object labels
+    # before language pretraining (kivla.train.stem); 0: none.
+    stem_steps: int = 0
 
     def __post_init__(self) -> None:
         _check_common("PretrainConfig", self.size, self.mixture)
@@ -139,6 +143,13 @@ class PretrainConfig:
             raise ValueError(f"PretrainConfig.lr: expected > 0, got {self.lr}")
         if self.save_every is not None and self.save_every < 1:
             raise ValueError(f"PretrainConfig.save_every: expected >= 1 or None, got {self.save_every}")
+        if self.stem_steps < 0:
+            raise ValueError(f"PretrainConfig.stem_steps: expected >= 0, got {self.stem_steps}")
+        if self.stem_steps and self.backbone != "tiny":
+            raise ValueError(
+                f"PretrainConfig.stem_steps: stem pretraining is for the built-in tiny VLM, got "
+                f"backbone {self.backbone!r}"
+            )
         if self.mixture.robot != 0:
             raise ValueError(
                 f"PretrainConfig.mixture: pretraining has no robot data, got robot={self.mixture.robot}"
@@ -219,6 +230,9 @@ def pretrain_backbone(
     bundle = assemble_bundle(policy_cfg, builder, None, recipe, seed=config.seed)
     if recipe == "align":
         freeze_language_model(bundle.policy)
+    if config.stem_steps and not (resume and latest_checkpoint(out / "checkpoints")):
+        stem = StemPretrainConfig(steps=config.stem_steps, seed=config.seed)
+        record["pretrain"]["stem_result"] = pretrain_stem(bundle.policy.backbone, stem, progress)
     sampler = MixtureSampler(None, config.mixture.weights(), config.seed, image_size=config.image_size,
                              exclude_question_types=config.mixture.exclude_question_types)  # fmt: skip
     batches = MixtureBatches(builder, sampler, config.seed)

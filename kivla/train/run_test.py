@@ -1,6 +1,7 @@
 """End-to-end training on a small generated world dataset: every recipe, resume, bundles."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -112,3 +113,18 @@ def test_naming_keypoints_perception_trains_and_acts(dataset, pretrained, tmp_pa
     env = VectorEnv(WorldConfig(image_size=IMAGE), 2)
     obs, _ = env.reset([0, 1])
     assert np.isfinite(bundle.act(obs)).all()
+
+
+def test_pretraining_can_start_with_the_stem_trained_alone(tmp_path):
+    """`stem_steps`: the image stem learns the world's object labels first; its result is in run.json
+    and the checkpoint starts language pretraining from that stem."""
+    config = PretrainConfig(out=tmp_path / "pre", steps=2, batch_size=4, size="test", image_size=IMAGE,
+                            stem_steps=5)  # fmt: skip
+    checkpoint = pretrain_backbone(config, progress=False)
+    record = json.loads((tmp_path / "pre" / "run.json").read_text())["pretrain"]
+    assert record["stem_steps"] == 5 and 0 <= record["stem_result"]["object_accuracy"] <= 1
+    assert PolicyBundle.load(checkpoint).policy.config.backbone.kind == "tiny"
+    with pytest.raises(ValueError, match=r"PretrainConfig\.stem_steps"):
+        PretrainConfig(stem_steps=-1)
+    with pytest.raises(ValueError, match=r"PretrainConfig\.stem_steps"):
+        PretrainConfig(stem_steps=10, backbone="smollm2")
