@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from kivla.data.language import QUESTION_TYPES, language_examples
+from kivla.data.world_scene import NUM_LABELS, is_object_label
 from kivla.model.bundle import PolicyBundle
 from kivla.model.layers import additive_mask, attend, rope_tables
 from kivla.model.masks import backbone_attention_mask, prefix_positions
@@ -81,11 +82,11 @@ def main() -> None:
     out = policy.backbone(batch.images, batch.image_mask, batch.prefix_ids, batch.prefix_mask,
                           batch.suffix_ids, batch.suffix_mask,
                           text_attention_layers=tuple(range(depth)))  # fmt: skip
-    labels = c.vision_labels or 20
+    labels = c.vision_labels or NUM_LABELS
     marked, _ = referred_objects(batch.image_labels, batch.image_refs, labels, c.backbone.patch_size)
     named = marked[:, 0].float()  # [B, n]: the token of the object the question names (first)
     owners = object_token_labels(batch.image_labels, labels, c.backbone.patch_size)
-    objects = ((owners > 0) & (owners < labels - 1)).float()  # object tokens, not the gripper's
+    objects = is_object_label(owners).float()  # object tokens, not the gripper's
     other = objects * (1 - named)
     answers = batch.suffix_ids[:, 1].numpy()  # the first answer token
     record = {"checkpoint": args.checkpoint, "type": args.type, "examples": len(examples), "attention": []}

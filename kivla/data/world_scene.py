@@ -110,6 +110,12 @@ def label_words() -> list[tuple[str, ...]]:
     return [(), *objects, ("gripper",)]
 
 
+def is_object_label(labels):
+    """Elementwise, for a numpy array or torch tensor of label classes: True for an object's class
+    (not the table's 0, not the gripper's)."""
+    return (labels > 0) & (labels <= NUM_OBJECT_LABELS)
+
+
 def object_labels(scene: Scene) -> np.ndarray:
     """int64 [N]: the label class of each object, 1 + color·3 + shape (unique within a scene)."""
     return 1 + scene.colors * len(SHAPES) + scene.shapes

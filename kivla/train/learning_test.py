@@ -7,7 +7,7 @@ import torch
 
 from kivla.data.language import language_examples
 from kivla.data.world_dataset import generate_dataset
-from kivla.data.world_scene import COLOR_NAMES, NUM_LABELS
+from kivla.data.world_scene import COLOR_NAMES, NUM_LABELS, is_object_label
 from kivla.eval.baselines import BundlePolicy, RandomPolicy
 from kivla.eval.rollout import EvalConfig, evaluate
 from kivla.model.bundle import PolicyBundle
@@ -33,7 +33,7 @@ def test_short_pretraining_teaches_image_tokens_their_colour(tmp_path):
                               image_hidden_layers=(0,))  # fmt: skip
         pred = policy.vision_head(out.image_hidden[0])[..., 1:].argmax(-1) + 1
     owners = object_token_labels(batch.image_labels, NUM_LABELS, c.backbone.patch_size)
-    objects = (owners > 0) & (owners < NUM_LABELS - 1)
+    objects = is_object_label(owners)
     colour = lambda label: (label - 1) // 3  # noqa: E731
     accuracy = (colour(pred[objects]) == colour(owners[objects])).float().mean()
     print(f"object colour accuracy {accuracy:.3f}")

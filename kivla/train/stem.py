@@ -1,12 +1,13 @@
 """Vision pretraining of the built-in VLM's image stem, before any language.
 
 PaliGemma's image encoder learned to see before its language model read it. The built-in world
-knows what it draws, so the tiny VLM's stem can learn the same way in seconds: the image token
+knows what it draws, so the tiny VLM's stem can learn the same way in about a minute: the image token
 holding each object's centroid must name its class (colour x shape), the gripper's token the
 gripper, every other token "nothing" (`object_token_labels`), through a linear head on the
 RMS-normed stem output that is thrown away afterwards. On 2 CPU cores 1,500 steps at batch 32
-take about a minute and name 93% of held-out objects (docs/learning.md, twelfth round), where the
-same stem trained inside the VLM by language pretraining named about 80% after 600 steps.
+take about a minute and name 90% of held-out objects (docs/learning.md, twelfth round), where the
+same stem trained inside the VLM by language pretraining named about 80% after 600 steps (first
+round).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from kivla.data.world_scene import GRIPPER_LABEL, NUM_LABELS, Renderer, labelled_images
+from kivla.data.world_scene import NUM_LABELS, Renderer, is_object_label, labelled_images
 from kivla.model.backbone import TinyVLM
 from kivla.model.vision import object_token_labels
 from kivla.train.loop import native_bf16
@@ -50,7 +51,7 @@ def _batch(rng: np.random.Generator, n: int, renderer: Renderer, patch_size: int
 
 def object_accuracy(logits: Tensor, targets: Tensor) -> float:
     """Share of the object-owning tokens (not the gripper's, not the table's) named correctly."""
-    owns = (targets > 0) & (targets != GRIPPER_LABEL)
+    owns = is_object_label(targets)
     return float((logits.argmax(-1)[owns] == targets[owns]).float().mean())
 
 
