@@ -63,7 +63,7 @@ def assemble_bundle(
         )
     torch.manual_seed(seed)
     policy = KIPolicy(config)
-    if config.vision_readout == "words" and config.vision_labels:
+    if config.vision_labels and (config.vision_readout == "words" or config.backbone.naming_labels):
         from kivla.data.world_scene import label_words  # the world's label classes in words
 
         policy.set_label_words(label_words(), builder.text.token_id)

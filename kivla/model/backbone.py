@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from kivla.model.config import BackboneConfig
 from kivla.model.layers import QKVProjection, RMSNorm, SwiGLU, additive_mask, attend, rope_tables
 from kivla.model.masks import backbone_attention_mask, following_positions, prefix_positions
+from kivla.model.naming import NamingAttention
 
 
 @dataclass
@@ -64,6 +65,8 @@ class BackboneOutput:
     # {layer: [B, heads, Lp + Ls, Np + Ls]}: that layer's attention probabilities from the text
     # queries (prompt, then suffix) over all keys (image, prompt, suffix), as asked for
     text_attention: dict[int, Tensor] = field(default_factory=dict)
+    # naming attention (BackboneConfig.naming_labels): the object head's logits [B, Ni, classes]
+    object_logits: Tensor | None = None
 
 
 class Backbone(nn.Module):
@@ -154,6 +157,23 @@ def image_stem(config: BackboneConfig) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+def sincos_2d(grid: int, width: int) -> Tensor:
+    """[grid², width] at RMS 1: sines and cosines of each token's column (first half of the
+    features) and row (second half) at geometric frequencies, row-major over the grid (as MAE)."""
+    quarter = width // 4
+    freqs = 1.0 / 100.0 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+    steps = torch.arange(grid, dtype=torch.float32)
+    rows, cols = torch.meshgrid(steps, steps, indexing="ij")
+
+    def embed(coord: Tensor) -> Tensor:  # [grid²] -> [grid², 2 * quarter]
+        angles = coord.flatten()[:, None] * freqs
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    out = torch.zeros(grid * grid, width)
+    out[:, : 4 * quarter] = torch.cat([embed(cols), embed(rows)], dim=1) * 2**0.5
+    return out
+
+
 class TinyVLM(Backbone):
     """Patch embedding + decoder-only transformer with a tied LM head (a few million parameters)."""
 
@@ -171,7 +191,10 @@ class TinyVLM(Backbone):
             nn.init.constant_(self.image_norm.weight, c.image_token_rms)
         self.register_buffer("image_mean", torch.tensor(c.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(c.image_std).view(1, 3, 1, 1), persistent=False)
-        self.image_pos = nn.Parameter(torch.randn(c.num_image_tokens, c.width) * 0.02)
+        grid = c.image_size // c.patch_size
+        sincos = c.image_pos_init == "sincos"
+        start = sincos_2d(grid, c.width) if sincos else torch.randn(grid * grid, c.width)
+        self.image_pos = nn.Parameter(start * 0.02)
         self.token_embed = nn.Embedding(c.vocab_size, c.width)
         nn.init.normal_(self.token_embed.weight, std=0.02)
         self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.depth))
@@ -183,15 +206,19 @@ class TinyVLM(Backbone):
                         std = residual_std if name in ("attn.out", "mlp.down") else c.init_std
                         nn.init.normal_(module.weight, std=std)
         self.final_norm = RMSNorm(c.width)
+        # naming attention (kivla.model.naming); None when BackboneConfig.naming_labels is 0
+        self.naming = NamingAttention(c) if c.naming_labels else None
 
     def stem_tokens(self, images: Tensor) -> Tensor:
         """images [B, 3, S, S] in [0, 1] -> the stem's output [B, n, W], row-major over the grid."""
         pixels = (images - self.image_mean) / self.image_std
         return rearrange(self.patch_embed(pixels), "b w h v -> b (h v) w")
 
-    def embed_prefix(self, images: Tensor, image_mask: Tensor, prefix_ids: Tensor, prefix_mask: Tensor):
-        """-> (embeddings [B, Np, W], valid [B, Np]) with Np = image tokens + Lp."""
-        patches = self.stem_tokens(images)
+    def embed_prefix(self, images: Tensor, image_mask: Tensor, prefix_ids: Tensor, prefix_mask: Tensor,
+                     stem: Tensor | None = None):  # fmt: skip
+        """-> (embeddings [B, Np, W], valid [B, Np]) with Np = image tokens + Lp; `stem`: the
+        stem's output for `images` when already computed."""
+        patches = self.stem_tokens(images) if stem is None else stem
         if self.image_norm is not None:
             patches = self.image_norm(patches)
         patches = patches + self.image_pos
@@ -206,7 +233,8 @@ class TinyVLM(Backbone):
         at most depth - 1: the last layer computes suffix outputs only). `text_attention_layers`:
         also return the attention probabilities of the text queries in these layers (0-based; the
         last layer has suffix queries only)."""
-        x, prefix_valid = self.embed_prefix(images, image_mask, prefix_ids, prefix_mask)
+        stem = self.stem_tokens(images)
+        x, prefix_valid = self.embed_prefix(images, image_mask, prefix_ids, prefix_mask, stem)
         num_image = self.config.num_image_tokens
         image_hidden = {0: x[:, :num_image]} if 0 in image_hidden_layers else {}
         num_prefix = x.shape[1]
@@ -217,6 +245,11 @@ class TinyVLM(Backbone):
         else:
             suffix_mask = prefix_valid[:, :0]
         mask = additive_mask(backbone_attention_mask(prefix_valid, suffix_mask), x.dtype)
+        object_logits = looks = None
+        if self.naming is not None:
+            ids = prefix_ids if x.shape[1] == num_prefix else torch.cat([prefix_ids, suffix_ids], dim=1)
+            object_logits = self.naming.object_logits(stem)
+            looks = self.naming.looks(object_logits, ids, prefix_mask, image_mask)
         rope = rope_tables(positions, self.head_dim, self.rope_theta, x.dtype)
         keys, values, attention = [], [], {}
         for i, layer in enumerate(self.layers):
@@ -225,7 +258,8 @@ class TinyVLM(Backbone):
             last = i == len(self.layers) - 1
             queries_from = num_prefix if last else 0
             probs_from = num_image if i in text_attention_layers else None
-            x, k, v, probs = layer(x, rope, mask, queries_from, probs_from)
+            layer_mask = mask if looks is None else self.naming.mask(mask, looks, i)
+            x, k, v, probs = layer(x, rope, layer_mask, queries_from, probs_from)
             if probs is not None:
                 attention[i] = probs
             keys.append(k[:, :, :num_prefix])
@@ -233,7 +267,8 @@ class TinyVLM(Backbone):
             if i + 1 in image_hidden_layers and not last:
                 image_hidden[i + 1] = x[:, :num_image]
         suffix_hidden = self.final_norm(x) if x.shape[1] > 0 else None  # x: the suffix only now
-        return BackboneOutput(PrefixCache(keys, values, prefix_valid), suffix_hidden, image_hidden, attention)
+        return BackboneOutput(PrefixCache(keys, values, prefix_valid), suffix_hidden, image_hidden, attention,
+                              object_logits)  # fmt: skip
 
     def lm_logits(self, hidden: Tensor) -> Tensor:
         return hidden @ self.token_embed.weight.T  # tied head, as in PaliGemma

@@ -63,6 +63,19 @@ class BackboneConfig:
     # against 40% at 600 steps, but the demo's ki policy from it succeeded in 10% / 13% against
     # 23% / 15% on the same machine (docs/learning.md, twelfth round), so it is not the default.
     init_std: float | None = None
+    # Naming attention (docs/learning.md, thirteenth round): an object head on the stem's output
+    # names each image token's label class (`naming_labels` classes, 0 = nothing; the world's
+    # colour x shape objects and the gripper), and in every layer the first `naming_heads` heads
+    # of each text token that names label classes ("red"; "circle" after "red": red circles)
+    # attend to the image only, their scores plus the log of the probability of those classes at
+    # each image token times a learned per-layer scale that starts at 1 (kivla.model.naming). A
+    # word then looks at the objects it names from the first step. 0: off.
+    naming_labels: int = 0
+    naming_heads: int = 1
+    # Start of the learned image position embedding: "random" (normal, std 0.02) or "sincos"
+    # (2D sine-cosine of the token's column and row, as MAE, at the same RMS), so that where a
+    # token lies is in its features from the first step.
+    image_pos_init: str = "random"
     # HF backbones: local model directory (and the vision encoder's, for "causal_lm"). The fields
     # above other than image_size (the input image size) are then read from the loaded model.
     path: str | None = None
@@ -88,6 +101,10 @@ class BackboneConfig:
             )
         if self.init_std is not None and not self.init_std > 0:
             raise ValueError(f"BackboneConfig.init_std: expected > 0 or None, got {self.init_std}")
+        if self.image_pos_init not in ("random", "sincos"):
+            raise ValueError(
+                f"BackboneConfig.image_pos_init: expected 'random' or 'sincos', got {self.image_pos_init!r}"
+            )
         if self.stem not in IMAGE_STEMS:
             raise ValueError(f"BackboneConfig.stem: expected one of {IMAGE_STEMS}, got {self.stem!r}")
         if self.stem != "patch" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
@@ -109,6 +126,18 @@ class BackboneConfig:
             patch_size=self.patch_size,
             vision_size=self.vision_size,
         )
+        if self.naming_labels < 0 or self.naming_labels == 1:
+            raise ValueError(
+                f"BackboneConfig.naming_labels: expected 0 (off) or >= 2, got {self.naming_labels}"
+            )
+        if self.naming_labels and not 1 <= self.naming_heads <= self.num_heads:
+            raise ValueError(
+                f"BackboneConfig.naming_heads: expected in [1, num_heads={self.num_heads}], "
+                f"got {self.naming_heads}"
+            )
+        if self.naming_labels and self.kind != "tiny":
+            raise ValueError(f"BackboneConfig.naming_labels: only the tiny backbone has naming attention, "
+                             f"got kind {self.kind!r}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"BackboneConfig.num_kv_heads: must divide num_heads={self.num_heads}, "
@@ -322,6 +351,12 @@ class KIPolicyConfig:
             raise ValueError(
                 f"KIPolicyConfig.ground_queries: expected one of {GROUND_QUERIES}, "
                 f"got {self.ground_queries!r}"
+            )
+        naming = self.backbone.naming_labels
+        if naming and self.vision_labels and naming != self.vision_labels:
+            raise ValueError(
+                f"BackboneConfig.naming_labels: must equal KIPolicyConfig.vision_labels "
+                f"({self.vision_labels}) when the vision loss trains the object head, got {naming}"
             )
         if self.ground_weight > 0 and self.ground_queries != "answer" and self.vision_readout != "words":
             raise ValueError(

@@ -65,9 +65,12 @@ class KIPolicy(nn.Module):
         """The words naming each vision label class (e.g. ("red", "circle")), as vocabulary ids."""
         if len(words) != self.config.vision_labels:
             raise ValueError(f"label words: expected {self.config.vision_labels} classes, got {len(words)}")
-        for i, names in enumerate(words):
-            ids = [token_id(w) for w in names][:2]
-            self.label_token_ids[i] = torch.tensor((ids + ids + [-1, -1])[:2] if ids else [-1, -1])
+        if hasattr(self, "label_token_ids"):
+            for i, names in enumerate(words):
+                ids = [token_id(w) for w in names][:2]
+                self.label_token_ids[i] = torch.tensor((ids + ids + [-1, -1])[:2] if ids else [-1, -1])
+        if self.config.backbone.naming_labels:
+            self.backbone.naming.set_class_words([[token_id(w) for w in names] for names in words])
 
     @property
     def loss_names(self) -> tuple[str, ...]:
@@ -286,8 +289,9 @@ class KIPolicy(nn.Module):
         return self._batch_mean(batch, name, total[has] / count[has])
 
     def _vision_loss(self, batch: KIBatch, out: BackboneOutput, name: str) -> Tensor:
-        """Dense loss of the image tokens ("vision": the class of the object each token owns;
-        "refer": whether it owns a referred object): mean per example, then `_batch_mean`."""
+        """Dense loss of the image tokens ("vision": the class of the object each token owns, also
+        through the object head of naming attention when the backbone has one; "refer": whether
+        it owns a referred object): mean per example, then `_batch_mean`."""
         c = self.config
         layer = c.vision_layer if name == "vision" else c.refer_layer
         if layer not in out.image_hidden:
@@ -295,13 +299,16 @@ class KIPolicy(nn.Module):
         rows = (batch.loss_mask[name] & batch.image_mask).nonzero().flatten()
         owners = object_token_labels(batch.image_labels[rows], c.vision_labels, c.backbone.patch_size)
         hidden = out.image_hidden[layer][rows]  # [B', N, W]
-        if name == "vision" and c.vision_readout == "words":
-            return self._batch_mean(batch, name, self._naming_loss(hidden, owners))
-        if name == "vision":
-            logits, targets = self.vision_head(hidden), owners  # [B', N, C], [B', N]
-        else:
+        if name == "refer":
             logits, targets = self.refer_head(hidden), referred_token_labels(owners, batch.image_refs[rows])
-        return self._batch_mean(batch, name, token_cross_entropy_per_example(logits, targets))
+            return self._batch_mean(batch, name, token_cross_entropy_per_example(logits, targets))
+        if c.vision_readout == "words":
+            loss = self._naming_loss(hidden, owners)
+        else:
+            loss = token_cross_entropy_per_example(self.vision_head(hidden), owners)  # [B', N, C], [B', N]
+        if out.object_logits is not None:  # naming attention: its object head learns the same classes
+            loss = loss + token_cross_entropy_per_example(out.object_logits[rows], owners)
+        return self._batch_mean(batch, name, loss)
 
     def _where_loss(self, batch: KIBatch, out: BackboneOutput) -> Tensor:
         """Squared error of the position head's object centres [B', N, 2] (token units), summed over

@@ -23,7 +23,14 @@ from kivla.model.presets import PERCEPTIONS, SIZES
 from kivla.pipelines.stages import Stages, trained, world_dataset
 from kivla.presets import Presets, check_positive
 from kivla.train.config import TrainConfig
-from kivla.train.run import PretrainConfig, RunConfig, build_policy, pretrain_backbone, train_policy
+from kivla.train.run import (
+    WORLD_STEM_STEPS,
+    PretrainConfig,
+    RunConfig,
+    build_policy,
+    pretrain_backbone,
+    train_policy,
+)
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,7 @@ class DemoConfig:
     pretrain_steps: int = 600
     pretrain_batch: int = 32
     pretrain_lr: float = 2e-3
+    stem_steps: int = WORLD_STEM_STEPS  # the image stem trained alone first (kivla.train.stem)
     train_steps: int = 900
     train_batch: int = 32
     lr: float = 1e-3
@@ -60,7 +68,7 @@ DEMOS: Presets[DemoConfig] = Presets("demo", [
     DemoConfig("demo"),
     # `kivla demo --quick`: a smoke run of every stage in a few minutes; the numbers mean nothing.
     DemoConfig("quick", episodes=20, val_episodes=4, size="test", pretrain_steps=20, pretrain_batch=8,
-               train_steps=30, train_batch=8, lr=1e-3, eval_episodes=8, language_questions=40),
+               train_steps=30, train_batch=8, lr=1e-3, eval_episodes=8, language_questions=40, stem_steps=40),
 ])  # fmt: skip
 
 
@@ -80,6 +88,7 @@ def run_demo_pipeline(out: str | Path, config: DemoConfig | None = None) -> Path
     pretrain = PretrainConfig(
         out=out / "pretrain", steps=config.pretrain_steps, batch_size=config.pretrain_batch,
         lr=config.pretrain_lr, seed=config.seed, size=config.size, image_size=config.image_size,
+        stem_steps=config.stem_steps,
     )  # fmt: skip
     with stages.stage("pretrain the VLM on captions and VQA"):
         pretrained = trained(pretrain.out, pretrain.steps, lambda: pretrain_backbone(pretrain))

@@ -19,6 +19,7 @@ from typing import Any
 from kivla.data.lerobot_format import ACTION_KEY, STATE_KEY
 from kivla.data.mixture import MixtureSampler
 from kivla.data.normalize import QuantileNormalizer
+from kivla.data.world_scene import NUM_LABELS
 from kivla.io import write_json
 from kivla.model.assemble import assemble_bundle, policy_config
 from kivla.model.batch import BatchBuilder
@@ -50,8 +51,14 @@ from kivla.train.stem import StemPretrainConfig, pretrain_stem
 # The dense vision losses of language pretraining (docs/learning.md): each object's image token
 # names it through the tied LM head, and after layer 1 tokens mark the objects a question refers to.
 WORLD_VISION_LOSSES: dict[str, Any] = dict(
-    vision_weight=1.0, vision_labels=20, vision_readout="words", refer_weight=1.0, refer_layer=1
+    vision_weight=1.0, vision_labels=NUM_LABELS, vision_readout="words", refer_weight=1.0, refer_layer=1
 )
+# The built-in VLM's naming attention (kivla.model.naming, docs/learning.md thirteenth round): an
+# object head names the world's label classes at each image token, the words of a prompt look at
+# the objects they name and the answer at the objects the prompt names; image positions start as
+# 2D sine-cosines. And its stem is first trained alone on the world's object labels (~1 minute).
+WORLD_NAMING: dict[str, Any] = dict(naming_labels=NUM_LABELS, image_pos_init="sincos")
+WORLD_STEM_STEPS = 1500
 PRETRAIN_HORIZON = 50  # the expert's shape in a pretrained bundle (robot training replaces the expert)
 
 
@@ -126,11 +133,14 @@ class PretrainConfig:
     policy_overrides: dict[str, Any] = field(
         default_factory=lambda: dict(WORLD_VISION_LOSSES)
     )  # KIPolicyConfig fields
-    backbone_overrides: dict[str, Any] = field(default_factory=dict)  # BackboneConfig fields
+    backbone_overrides: dict[str, Any] = field(
+        default_factory=lambda: dict(WORLD_NAMING)
+    )  # BackboneConfig fields of the tiny VLM
     save_every: int | None = None  # default: only the final step
     precision: str = "auto"  # TrainConfig.precision
     # Steps of vision pretraining of the built-in VLM's image stem on the world's object labels
-    # before language pretraining (kivla.train.stem); 0: none.
+    # before language pretraining (kivla.train.stem); 0: none. The demo and `kivla pretrain` use
+    # WORLD_STEM_STEPS.
     stem_steps: int = 0
 
     def __post_init__(self) -> None:

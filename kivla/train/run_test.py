@@ -58,7 +58,7 @@ def test_pretrained_backbone_is_the_starting_point(dataset, pretrained, tmp_path
     out = train_policy(config, progress=False)
     start = PolicyBundle.load(pretrained, weights="model").policy.backbone.state_dict()
     after = PolicyBundle.load(out.checkpoints[-1], weights="model").policy.backbone.state_dict()
-    assert max((start[k] - after[k]).abs().max().item() for k in start) < 1e-5
+    assert max((start[k].float() - after[k].float()).abs().max().item() for k in start) < 1e-5
 
 
 def test_resume_is_bit_identical(dataset, tmp_path):

@@ -4,7 +4,9 @@ PaliGemma's image encoder learned to see before its language model read it. The 
 knows what it draws, so the tiny VLM's stem can learn the same way in about a minute: the image token
 holding each object's centroid must name its class (colour x shape), the gripper's token the
 gripper, every other token "nothing" (`object_token_labels`), through a linear head on the
-RMS-normed stem output that is thrown away afterwards. On 2 CPU cores 1,500 steps at batch 32
+RMS-normed stem output: the backbone's object head when it has naming attention (kept: it is what
+the words of a prompt look with, kivla.model.naming), otherwise a head thrown away afterwards. On
+2 CPU cores 1,500 steps at batch 32
 take about a minute and name 90% of held-out objects (docs/learning.md, twelfth round), where the
 same stem trained inside the VLM by language pretraining named about 80% after 600 steps (first
 round).
@@ -63,9 +65,15 @@ def pretrain_stem(backbone: TinyVLM, config: StemPretrainConfig, progress: bool 
     c = backbone.config
     renderer = Renderer(c.image_size)
     device = next(backbone.parameters()).device
-    with torch.random.fork_rng():  # a seeded head that leaves the global generator as it was
-        torch.manual_seed(config.seed)
-        head = nn.Linear(c.width, NUM_LABELS, device=device)
+    if c.naming_labels:  # the backbone's own object head (naming attention) learns the classes
+        if c.naming_labels != NUM_LABELS:
+            raise ValueError(f"BackboneConfig.naming_labels: the world has {NUM_LABELS} label classes, "
+                             f"got {c.naming_labels}")
+        head = backbone.naming.object_head
+    else:
+        with torch.random.fork_rng():  # a seeded head that leaves the global generator as it was
+            torch.manual_seed(config.seed)
+            head = nn.Linear(c.width, NUM_LABELS, device=device)
     optimizer = torch.optim.AdamW([*backbone.patch_embed.parameters(), *head.parameters()], lr=config.lr,
                                   weight_decay=0.0)  # fmt: skip
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.steps,

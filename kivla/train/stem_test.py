@@ -35,3 +35,18 @@ def test_stem_config_is_checked():
         StemPretrainConfig(steps=0)
     with pytest.raises(ValueError, match=r"StemPretrainConfig\.lr"):
         dataclasses.replace(StemPretrainConfig(), lr=-1.0)
+
+
+def test_stem_pretraining_trains_the_object_head_of_naming_attention():
+    torch.manual_seed(0)
+    config = SIZES["tiny"].policy_config(image_size=32, vocab_size=64, tokens_per_side=4).backbone
+    backbone = TinyVLM(dataclasses.replace(config, naming_labels=NUM_LABELS))
+    before = {n: p.detach().clone() for n, p in backbone.named_parameters()}
+    stem = StemPretrainConfig(steps=40, batch_size=8, heldout_scenes=10)
+    result = pretrain_stem(backbone, stem, progress=False)
+    changed = {n for n, p in backbone.named_parameters() if not torch.equal(p, before[n])}
+    assert "naming.object_head.weight" in changed
+    assert all(n.startswith(("patch_embed.", "naming.object_head.")) for n in changed)
+    assert 0 <= result["object_accuracy"] <= 1
+    with pytest.raises(ValueError, match="label classes"):
+        pretrain_stem(TinyVLM(dataclasses.replace(config, naming_labels=4)), stem, progress=False)

@@ -1,0 +1,94 @@
+"""Naming attention: a word of the prompt looks at the image tokens of the objects it names.
+
+The tiny VLM's answers found the objects but not the one a question names (docs/learning.md,
+twelfth round): the question's words had to learn, through the answer loss alone, which image
+features they match. Here the image stem also feeds an object head that names each image token's
+label class (the world's colour x shape objects, the gripper, 0 = nothing), trained by the dense
+vision loss and by stem pretraining. A text token *looks* when it is a word naming label classes
+("red": the red objects; "circle" after "red": the red circles). In the first `naming_heads`
+heads of every layer, a looking token attends to the image only, its scores plus
+
+    scale[layer] * log P(object head names one of the looked-for classes at image token j),
+
+so from the first step "circle" reads the circle's token, and what the answer needs is one hop
+away, in the prompt. The scale per layer is learned and starts at 1. The other heads, image
+queries and tokens that do not look are unchanged; so is the expert, which reads only the cache.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kivla.model.config import BackboneConfig
+
+
+class NamingAttention(nn.Module):
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        self.num_heads, self.naming_heads = config.num_heads, config.naming_heads
+        self.num_image_tokens, self.vocab_size = config.num_image_tokens, config.vocab_size
+        self.object_head = nn.Linear(config.width, config.naming_labels)
+        self.scale = nn.Parameter(torch.ones(config.depth))
+        # class_words[v, c]: vocabulary word v names label class c (`set_class_words`)
+        self.register_buffer(
+            "class_words", torch.zeros(config.vocab_size, config.naming_labels, dtype=torch.bool)
+        )
+
+    def set_class_words(self, class_word_ids: list[list[int]]) -> None:
+        """The vocabulary ids of the words naming each label class (index = class; [] for none)."""
+        if len(class_word_ids) != self.class_words.shape[1]:
+            raise ValueError(
+                f"class words: expected {self.class_words.shape[1]} classes, got {len(class_word_ids)}"
+            )
+        self.class_words.zero_()
+        for label, ids in enumerate(class_word_ids):
+            for i in ids:
+                if i is None or not 0 <= i < self.vocab_size:
+                    raise ValueError(f"class words: id {i} of class {label} is outside the vocabulary")
+                self.class_words[i, label] = True
+
+    def object_logits(self, stem: Tensor) -> Tensor:
+        """The stem's output [B, n, W] -> label-class logits [B, n, classes] (on the RMS-normed
+        tokens, as stem pretraining reads them)."""
+        return self.object_head(F.rms_norm(stem.float(), stem.shape[-1:]))
+
+    def looks(
+        self, object_logits: Tensor, ids: Tensor, prompt_mask: Tensor, image_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """object_logits [B, n, C]; ids long [B, L]: the prompt [B, Lp] (valid where `prompt_mask`)
+        then the suffix; image_mask bool [B] -> (bias [B, L, n], looks bool [B, L]).
+
+        A word naming label classes looks for the classes that it and a label word just before it
+        both name ("circle" after "red": the red circles). Every other suffix token (the answer,
+        the action tokens) looks for the objects the prompt names: the classes of the prompt's
+        label words that end a name ("red circle", not "red"). The bias is the log of the
+        probability of the looked-for classes at each image token, 0 where a token does not look;
+        nothing looks in an example without an image."""
+        lp = prompt_mask.shape[1]
+        probs = object_logits.float().softmax(-1)
+        words = self.class_words[ids]  # [B, L, C]
+        label = words.any(-1)  # [B, L]
+        previous = torch.cat([torch.zeros_like(words[:, :1]), words[:, :-1]], dim=1)
+        classes = words & (previous | ~previous.any(-1, keepdim=True))  # [B, L, C]
+        follows = torch.cat([label[:, 1:], torch.zeros_like(label[:, :1])], dim=1)  # a label word comes next
+        ends_name = (label & ~follows)[:, :lp] & prompt_mask  # [B, Lp]
+        named = (classes[:, :lp] & ends_name[..., None]).any(1, keepdim=True)  # [B, 1, C]
+        answer = ~label & named.any(-1)  # [B, L]
+        answer[:, :lp] = False
+        classes = torch.where(answer[..., None], named, classes)
+        looks = (label | answer) & image_mask[:, None]
+        mass = torch.einsum("bnc,blc->bln", probs, classes.float())
+        return torch.where(looks[..., None], mass.clamp(min=1e-4).log(), 0.0), looks
+
+    def mask(self, mask: Tensor, looks: tuple[Tensor, Tensor], layer: int) -> Tensor:
+        """The additive attention mask [B, 1, N, N] -> [B, heads, N, N] of layer `layer`: in the
+        first `naming_heads` heads, the text queries that look attend to the image tokens only,
+        their scores plus the bias times the layer's scale (`looks`: the output of `looks`)."""
+        bias, looking = looks
+        n, h = self.num_image_tokens, self.naming_heads
+        out = mask.expand(-1, self.num_heads, -1, -1).clone()
+        out[:, :h, n:, :n] += (self.scale[layer] * bias[:, None]).to(mask.dtype)
+        out[:, :h, n:, n:] = out[:, :h, n:, n:].masked_fill(looking[:, None, :, None], float("-inf"))
+        return out

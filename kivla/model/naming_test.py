@@ -1,0 +1,143 @@
+"""Naming attention: which text tokens look, at what, in which heads; what trains the object head."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from kivla.model.backbone import TinyVLM
+from kivla.model.config import BackboneConfig
+from kivla.model.conftest import robot_example
+from kivla.model.naming import NamingAttention
+from kivla.model.policy import KIPolicy
+from kivla.model.presets import recipe_config
+
+# classes: 0 nothing, 1 red circle, 2 blue circle, 3 red square; words: ids 1 red, 2 blue, 3 circle, 4 square
+WORDS = {"what": 0, "red": 1, "blue": 2, "circle": 3, "square": 4, "?": 5, "the": 6}
+CLASS_WORDS = [[], [1, 3], [2, 3], [1, 4]]
+
+
+def _naming(heads: int = 1) -> NamingAttention:
+    config = BackboneConfig(vocab_size=8, width=16, depth=2, num_heads=2, num_kv_heads=1, head_dim=8,
+                            mlp_hidden=32, image_size=16, patch_size=8, naming_labels=4,
+                            naming_heads=heads)  # fmt: skip
+    naming = NamingAttention(config)
+    naming.set_class_words(CLASS_WORDS)
+    return naming
+
+
+def _sure(classes: list[int]) -> torch.Tensor:
+    """Object logits [1, n, 4] that name image token i as classes[i] with certainty."""
+    return torch.nn.functional.one_hot(torch.tensor([classes]), 4).float() * 30.0
+
+
+def _looks(naming, prompt: list[str], suffix: list[str] = (), classes=(1, 2, 3, 0), image=True):
+    ids = torch.tensor([[WORDS[w] for w in [*prompt, *suffix]]])
+    mask = torch.ones(1, len(prompt), dtype=torch.bool)
+    bias, looks = naming.looks(_sure(list(classes)), ids, mask, torch.tensor([image]))
+    return (bias[0] > -1).tolist(), looks[0].tolist(), bias
+
+
+def test_a_name_looks_at_the_objects_it_names():
+    on, looks, bias = _looks(_naming(), ["what", "red", "circle", "?", "the"])
+    assert looks == [False, True, True, False, False]
+    assert on[1] == [True, False, True, False]  # "red": the red circle and the red square
+    assert on[2] == [True, False, False, False]  # "red circle": the red circle only
+    assert all(bias[0, i].abs().sum() == 0 for i in (0, 3, 4))
+    on, _, _ = _looks(_naming(), ["the", "circle", "?"])
+    assert on[1] == [True, True, False, False]  # "circle": every circle
+    _, looks, _ = _looks(_naming(), ["what", "red", "circle"], image=False)
+    assert not any(looks)  # no image: nothing to look at
+
+
+def test_the_answer_looks_at_the_objects_the_prompt_names():
+    # "red circle ... blue": the names end at "circle" and "blue"; "red" alone is not a name
+    on, looks, _ = _looks(_naming(), ["red", "circle", "the", "blue", "?"], ["what", "square", "the"],
+                          classes=(1, 2, 3, 0))  # fmt: skip
+    assert looks == [True, True, False, True, False, True, True, True]
+    assert on[5] == [True, True, False, False]  # the answer: the red circle and the blue circle
+    assert on[7] == on[5]
+    assert on[6] == [False, False, True, False]  # an answer word that names: its own classes
+    _, looks, _ = _looks(_naming(), ["what", "?"], ["the"])
+    assert looks == [False, False, False]  # a prompt that names nothing: the answer does not look
+
+
+def test_looking_tokens_attend_to_the_image_only_in_the_naming_heads():
+    naming = _naming(heads=1)
+    n, lq = naming.num_image_tokens, 3
+    ids = torch.tensor([[WORDS["what"], WORDS["circle"], WORDS["the"]]])
+    looks = naming.looks(_sure([1, 0, 0, 2]), ids, torch.ones(1, 3, dtype=torch.bool), torch.tensor([True]))
+    mask = naming.mask(torch.zeros(1, 1, n + lq, n + lq), looks, layer=0)
+    assert mask.shape == (1, 2, n + lq, n + lq)
+    circle = n + 1
+    assert torch.isinf(mask[0, 0, circle, n:]).all() and mask[0, 0, circle, [0, 3]].max() > -1e-3
+    assert mask[0, 0, circle, [1, 2]].max() < -5  # tokens that name no circle
+    assert mask[0, 1].abs().sum() == 0 and mask[0, 0, n].abs().sum() == 0  # other head, "what"
+
+
+def test_class_words_are_checked():
+    with pytest.raises(ValueError, match="expected 4 classes"):
+        _naming().set_class_words([[1]])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        _naming().set_class_words([[], [9], [], []])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        _naming().set_class_words([[], [None], [], []])  # a word the vocabulary does not have
+    with pytest.raises(ValueError, match=r"BackboneConfig\.naming_labels"):
+        BackboneConfig(naming_labels=1)
+    with pytest.raises(ValueError, match=r"BackboneConfig\.naming_heads"):
+        BackboneConfig(naming_labels=4, naming_heads=5)
+    with pytest.raises(ValueError, match=r"BackboneConfig\.naming_labels"):
+        BackboneConfig(kind="causal_lm", path="x", naming_labels=4)
+
+
+def test_the_backbone_reads_the_named_object_through_a_naming_head(monkeypatch):
+    torch.manual_seed(0)
+    config = BackboneConfig(vocab_size=8, width=32, depth=2, num_heads=2, num_kv_heads=1, head_dim=16,
+                            mlp_hidden=64, image_size=16, patch_size=8, naming_labels=4)  # fmt: skip
+    backbone = TinyVLM(config)
+    backbone.naming.set_class_words(CLASS_WORDS)
+    sure = _sure([0, 3, 0, 1]).expand(2, -1, -1)
+    monkeypatch.setattr(backbone.naming, "object_logits", lambda stem: sure)
+    ids = torch.tensor([[WORDS[w] for w in ("what", "red", "circle")]] * 2)
+    valid = torch.ones(2, 3, dtype=torch.bool)
+    images, image_mask = torch.rand(2, 3, 16, 16), torch.tensor([True, True])
+    out = backbone(images, image_mask, ids, valid, text_attention_layers=(0,))
+    probs = out.text_attention[0]  # [B, heads, 3, 4 + 3]
+    assert probs[:, 0, 2, 3].min() > 0.99  # "red circle" in head 0: the red circle's token
+    assert probs[:, 1, 2, :4].sum(-1).max() < 0.99  # head 1 also attends to text
+    assert out.object_logits.shape == (2, 4, 4)
+
+
+def _policy(config, builder, recipe="ki"):
+    torch.manual_seed(0)
+    backbone = dataclasses.replace(config.backbone, naming_labels=5)
+    policy = KIPolicy(recipe_config(recipe, dataclasses.replace(config, backbone=backbone), vision_labels=5,
+                                    vision_weight=1.0))  # fmt: skip
+    policy.set_label_words([(), ("red", "circle"), ("blue", "square"), ("red", "square"), ("green",)],
+                           builder.text.token_id)  # fmt: skip
+    return policy
+
+
+def test_the_vision_loss_trains_the_object_head_and_the_flow_loss_does_not(builder, config):
+    from kivla.model.vision_test import _labelled_example
+
+    rng = np.random.default_rng(0)
+    policy = _policy(config, builder)
+    assert policy.backbone.naming.class_words.any()
+    out = policy(builder.collate([robot_example(rng), _labelled_example(rng)]),
+                 generator=torch.Generator().manual_seed(0))  # fmt: skip
+    policy.zero_grad(set_to_none=True)
+    out.parts["vision"].backward(retain_graph=True)
+    assert policy.backbone.naming.object_head.weight.grad.abs().sum() > 0
+    policy.zero_grad(set_to_none=True)
+    out.parts["flow"].backward()
+    assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in policy.backbone.parameters())
+
+
+def test_naming_labels_must_match_the_vision_labels(config):
+    backbone = dataclasses.replace(config.backbone, naming_labels=4)
+    with pytest.raises(ValueError, match=r"naming_labels: must equal KIPolicyConfig\.vision_labels"):
+        recipe_config(
+            "ki", dataclasses.replace(config, backbone=backbone), vision_labels=5, vision_weight=1.0
+        )
