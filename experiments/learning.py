@@ -4,6 +4,9 @@ config overrides and score held-out VQA per question type at a few checkpoints.
     python experiments/learning.py NAME --steps 400 --every 100 \
         --backbone '{"stem": "conv"}' --policy '{"vision_weight": 1.0, "vision_labels": 20}'
 
+Without --backbone / --policy the run has language pretraining's defaults (naming attention and
+the dense vision losses); a JSON object replaces them whole ('{}': none of them), as in the records
+of docs/results/learning_ablation.jsonl. --stem-steps defaults to 0 here.
 Appends one JSON line per checkpoint to runs/exp/results.jsonl.
 """
 
@@ -49,19 +52,21 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--backbone", default="{}")
-    p.add_argument("--policy", default="{}")
+    # JSON overrides; without them, language pretraining's defaults (WORLD_NAMING, WORLD_VISION_LOSSES)
+    p.add_argument("--backbone", default=None, help="BackboneConfig overrides (JSON)")
+    p.add_argument("--policy", default=None, help="KIPolicyConfig overrides (JSON)")
     p.add_argument("--mixture", default='{"robot": 0, "caption": 0.3, "vqa": 0.6, "text": 0.1}')
     p.add_argument("--questions", type=int, default=300)
     p.add_argument("--stem-steps", type=int, default=0, help="vision pretraining of the stem first")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     out = Path("runs/exp") / args.name
+    given = (("backbone_overrides", args.backbone), ("policy_overrides", args.policy))
+    overrides = {name: json.loads(value) for name, value in given if value is not None}
     config = PretrainConfig(out=out, steps=args.steps, batch_size=args.batch, lr=args.lr,
                             image_size=args.image_size, mixture=MixtureConfig(**json.loads(args.mixture)),
-                            backbone_overrides=json.loads(args.backbone),
-                            policy_overrides=json.loads(args.policy), save_every=args.every,
-                            stem_steps=args.stem_steps, seed=args.seed)  # fmt: skip
+                            save_every=args.every, stem_steps=args.stem_steps, seed=args.seed,
+                            **overrides)  # fmt: skip
     start = time.perf_counter()
     pretrain_backbone(config, progress=False)
     seconds = time.perf_counter() - start
