@@ -65,8 +65,10 @@ class BackboneOutput:
     # {layer: [B, heads, Lp + Ls, Np + Ls]}: that layer's attention probabilities from the text
     # queries (prompt, then suffix) over all keys (image, prompt, suffix), as asked for
     text_attention: dict[int, Tensor] = field(default_factory=dict)
-    # naming attention (BackboneConfig.naming_labels): the object head's logits [B, Ni, classes]
+    # naming attention (BackboneConfig.naming_labels): the object head's logits [B, Ni, classes],
+    # and each text token's bias on the image tokens [B, Lp + Ls, Ni] (NamingAttention.looks)
     object_logits: Tensor | None = None
+    naming_bias: Tensor | None = None
 
 
 class Backbone(nn.Module):
@@ -245,11 +247,12 @@ class TinyVLM(Backbone):
         else:
             suffix_mask = prefix_valid[:, :0]
         mask = additive_mask(backbone_attention_mask(prefix_valid, suffix_mask), x.dtype)
-        object_logits = looks = None
+        object_logits = looks = naming_bias = None
         if self.naming is not None:
             ids = prefix_ids if x.shape[1] == num_prefix else torch.cat([prefix_ids, suffix_ids], dim=1)
             object_logits = self.naming.object_logits(stem)
             looks = self.naming.looks(object_logits, ids, prefix_mask, image_mask)
+            naming_bias = looks[0]
         rope = rope_tables(positions, self.head_dim, self.rope_theta, x.dtype)
         keys, values, attention = [], [], {}
         for i, layer in enumerate(self.layers):
@@ -268,7 +271,7 @@ class TinyVLM(Backbone):
                 image_hidden[i + 1] = x[:, :num_image]
         suffix_hidden = self.final_norm(x) if x.shape[1] > 0 else None  # x: the suffix only now
         return BackboneOutput(PrefixCache(keys, values, prefix_valid), suffix_hidden, image_hidden, attention,
-                              object_logits)  # fmt: skip
+                              object_logits, naming_bias)  # fmt: skip
 
     def lm_logits(self, hidden: Tensor) -> Tensor:
         return hidden @ self.token_embed.weight.T  # tied head, as in PaliGemma

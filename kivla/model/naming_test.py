@@ -141,3 +141,24 @@ def test_naming_labels_must_match_the_vision_labels(config):
         recipe_config(
             "ki", dataclasses.replace(config, backbone=backbone), vision_labels=5, vision_weight=1.0
         )
+
+
+def test_keypoints_scored_by_naming_read_the_object_head(builder, config, monkeypatch):
+    from kivla.model.keypoints_test import with_keypoints
+
+    torch.manual_seed(0)
+    policy = _policy(with_keypoints(config, naming=True), builder)
+    batch = builder.collate([robot_example(np.random.default_rng(i)) for i in (3, 4)])
+    n = policy.backbone.image_grid**2
+    # image tokens: red circle, nothing, red square, blue square (class 4, "green", as likely as 0)
+    sure = _sure([1, 0, 3, 2]).expand(2, -1, -1)
+    five = torch.cat([sure, sure[..., :1]], dim=2)  # [B, n, 5]
+    monkeypatch.setattr(policy.backbone.naming, "object_logits", lambda stem: five)
+    naming = policy.encode_prefix(batch).image_naming  # [B, n, Lp]
+    assert naming.shape == (2, n, batch.prefix_ids.shape[1])
+    words = [builder.text.token_id(w) for w in ("red", "circle")]
+    row = batch.prefix_ids[0].tolist()
+    circle = next(i for i in range(1, len(row)) if row[i - 1 : i + 1] == words)  # "red circle"
+    assert naming[0, :, circle].argmax() == 0 and naming[0, 1:, circle].max() < -5
+    the = row.index(builder.text.token_id("the"))
+    assert naming[:, :, the].abs().sum() == 0  # a word that names nothing does not score

@@ -157,13 +157,22 @@ class KIPolicy(nn.Module):
         out = self.backbone(batch.images, batch.image_mask, batch.prefix_ids, batch.prefix_mask, *suffix,
                             **extra)  # fmt: skip
         if naming:
-            out.cache.image_naming = self.prompt_word_logprobs(out, batch.prefix_ids)
+            out.cache.image_naming = self.prompt_naming(out, batch)
         return out
 
     def encode_prefix(self, batch: KIBatch) -> PrefixCache:
         """The prefix cache the expert reads at sampling time (image + prompt, no suffix; with the
         image naming when the keypoints read it)."""
         return self._encode(batch, with_suffix=False).cache
+
+    def prompt_naming(self, out: BackboneOutput, batch: KIBatch) -> Tensor:
+        """What keypoints scored by naming read, [B, n, Lp] float: with the backbone's naming
+        attention, the log-probability its object head gives at each image token to the classes
+        each prompt token looks for (0 for tokens that do not look: kivla.model.naming); otherwise
+        `prompt_word_logprobs`. (A prompt token's bias depends on the prompt only.)"""
+        if out.naming_bias is None:
+            return self.prompt_word_logprobs(out, batch.prefix_ids)
+        return out.naming_bias[:, : batch.prefix_ids.shape[1]].transpose(1, 2)
 
     def prompt_word_logprobs(self, out: BackboneOutput, prefix_ids: Tensor) -> Tensor:
         """The backbone's naming of its image tokens in the prompt's words: [B, n, Lp] float, the
