@@ -161,7 +161,8 @@ def image_stem(config: BackboneConfig) -> nn.Module:
 
 def sincos_2d(grid: int, width: int) -> Tensor:
     """[grid², width] at RMS 1: sines and cosines of each token's column (first half of the
-    features) and row (second half) at geometric frequencies, row-major over the grid (as MAE)."""
+    features) and row (second half) at geometric frequencies, row-major over the grid (MAE's
+    embedding, with base 100 so that the lowest frequencies are near-linear across the grid)."""
     quarter = width // 4
     freqs = 1.0 / 100.0 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
     steps = torch.arange(grid, dtype=torch.float32)

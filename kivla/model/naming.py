@@ -10,9 +10,11 @@ heads of every layer, a looking token attends to the image only, its scores plus
 
     scale[layer] * log P(object head names one of the looked-for classes at image token j),
 
-so from the first step "circle" reads the circle's token, and what the answer needs is one hop
-away, in the prompt. The scale per layer is learned and starts at 1. The other heads, image
-queries and tokens that do not look are unchanged; so is the expert, which reads only the cache.
+so from the first step "circle" reads the circle's token. Every other suffix token (the answer,
+FAST tokens) looks for the objects the prompt names, so "what color is the circle?" is answered
+from the circle's token in one hop. The scale per layer is learned and starts at 1. The other
+heads, image queries and tokens that do not look are unchanged; so is the expert, which reads only
+the cache (its naming keypoints read the prompt's bias: `KIPolicy.prompt_naming`).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pre.add_argument(
         "--stem-steps", type=int,
         help="first train the tiny VLM's image stem alone on the world's object labels (default 1500 "
-        "for the tiny VLM, about a minute on 2 CPU cores, as the demo; 0: none)",
+        "for the tiny VLM, 30-60 s on 2 CPU cores, as the demo; 0: none)",
     )  # fmt: skip
     add_backbone_args(pre)
     add_optim_args(pre)

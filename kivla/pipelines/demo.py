@@ -64,7 +64,7 @@ class DemoConfig:
 
 
 DEMOS: Presets[DemoConfig] = Presets("demo", [
-    # `make demo`: ~17 minutes on 2 CPU cores (docs/results/demo.json).
+    # `make demo`: ~14 minutes on 2 CPU cores (docs/results/demo.json).
     DemoConfig("demo"),
     # `kivla demo --quick`: a smoke run of every stage in a few minutes; the numbers mean nothing.
     DemoConfig("quick", episodes=20, val_episodes=4, size="test", pretrain_steps=20, pretrain_batch=8,

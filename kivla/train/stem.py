@@ -69,11 +69,12 @@ def pretrain_stem(backbone: TinyVLM, config: StemPretrainConfig, progress: bool 
         if c.naming_labels != NUM_LABELS:
             raise ValueError(f"BackboneConfig.naming_labels: the world has {NUM_LABELS} label classes, "
                              f"got {c.naming_labels}")
-        head = backbone.naming.object_head
+        head, read = backbone.naming.object_head, backbone.naming.object_logits
     else:
         with torch.random.fork_rng():  # a seeded head that leaves the global generator as it was
             torch.manual_seed(config.seed)
             head = nn.Linear(c.width, NUM_LABELS, device=device)
+        read = lambda tokens: head(F.rms_norm(tokens.float(), (c.width,)))  # noqa: E731
     optimizer = torch.optim.AdamW([*backbone.patch_embed.parameters(), *head.parameters()], lr=config.lr,
                                   weight_decay=0.0)  # fmt: skip
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.steps,
@@ -83,7 +84,7 @@ def pretrain_stem(backbone: TinyVLM, config: StemPretrainConfig, progress: bool 
     def logits(images: Tensor) -> Tensor:  # [B, n, classes]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             tokens = backbone.stem_tokens(images.to(device))
-        return head(F.rms_norm(tokens.float(), (c.width,)))
+        return read(tokens)
 
     rng = np.random.default_rng([config.seed, 11])
     loss = torch.zeros(())
