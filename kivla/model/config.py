@@ -73,8 +73,8 @@ class BackboneConfig:
     naming_labels: int = 0
     naming_heads: int = 1
     # Start of the learned image position embedding: "random" (normal, std 0.02) or "sincos"
-    # (2D sine-cosine of the token's column and row, as MAE, at the same RMS), so that where a
-    # token lies is in its features from the first step.
+    # (2D sine-cosine of the token's column and row, MAE's embedding with base 100, at the same
+    # RMS), so that where a token lies is in its features from the first step.
     image_pos_init: str = "random"
     # HF backbones: local model directory (and the vision encoder's, for "causal_lm"). The fields
     # above other than image_size (the input image size) are then read from the loaded model.
