@@ -28,6 +28,8 @@ class Example:
     image_labels: np.ndarray | None = None  # uint8 [S, S]
     # Label classes the prompt refers to (first, second), the target of the referring loss.
     image_refs: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    # Where the demonstration takes the instruction's target: (x, y) in [0, 1] of the image.
+    image_goal: np.ndarray | None = None  # float32 [2]
 
     def __post_init__(self) -> None:
         if (self.flow or self.fast) and self.actions is None:
@@ -48,6 +50,14 @@ class Example:
                 )
         if self.image is not None and (self.image.ndim != 3 or self.image.shape[2] != 3):
             raise ValueError(f"Example.image: expected uint8 [S, S, 3], got shape {self.image.shape}")
+        goal = None if self.image_goal is None else np.asarray(self.image_goal)
+        if goal is not None and (
+            self.image is None or goal.shape != (2,) or not ((goal >= 0) & (goal <= 1)).all()
+        ):
+            raise ValueError(
+                f"Example.image_goal: expected (x, y) in [0, 1] of an image, got {self.image_goal!r}"
+                + ("" if self.image is not None else " without an image")
+            )
         if self.image_labels is not None and (
             self.image is None or self.image_labels.shape != self.image.shape[:2]
         ):

@@ -35,6 +35,10 @@ ACTION_KEY = "action"
 ANNOTATION_PREFIX = "annotation."
 LABELS_KEY = "annotation.labels"  # uint8 [S*S]: the world's label map of the frame's image
 REFER_KEY = "annotation.refer"  # int64 [2]: label classes of the instruction's target, destination
+# int32 [2]: where the instruction's target ends up in the demonstration (hindsight), its centre
+# (x, y) at the episode's last step in GOAL_UNITS of the image side.
+GOAL_KEY = "annotation.goal"
+GOAL_UNITS = 1000
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 
 

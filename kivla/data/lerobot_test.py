@@ -254,7 +254,7 @@ def test_unknown_codec_is_refused(tmp_path):
 
 def test_world_annotations_round_trip(png_ds):
     ds = LeRobotDataset(png_ds, horizon=16)
-    assert ds.annotation_keys == (fmt.LABELS_KEY, fmt.REFER_KEY)
+    assert ds.annotation_keys == (fmt.GOAL_KEY, fmt.LABELS_KEY, fmt.REFER_KEY)
     assert ds.info["features"][fmt.LABELS_KEY] == {"dtype": "uint8", "shape": [64 * 64], "names": None}
     for index in (0, EPISODES - 1):
         want = _expected(index)
@@ -262,6 +262,8 @@ def test_world_annotations_round_trip(png_ds):
         labels = ds.annotations[fmt.LABELS_KEY][start:end].reshape(-1, 64, 64)
         np.testing.assert_array_equal(labels, want["labels"])
         assert (ds.annotations[fmt.REFER_KEY][start:end] == want["refer"]).all()
+        goal = np.round(want["goal"] * fmt.GOAL_UNITS)  # where the target ends: the same every frame
+        assert (ds.annotations[fmt.GOAL_KEY][start:end] == goal).all()
         item = ds[start + 1]
         np.testing.assert_array_equal(item["annotations"][fmt.LABELS_KEY], want["labels"][1].ravel())
     target = want["refer"][0]

@@ -13,7 +13,7 @@ import numpy as np
 
 from kivla.data.example import Example
 from kivla.data.language import language_examples
-from kivla.data.lerobot_format import LABELS_KEY, REFER_KEY
+from kivla.data.lerobot_format import GOAL_KEY, GOAL_UNITS, LABELS_KEY, REFER_KEY
 from kivla.data.normalize import QuantileNormalizer
 
 SOURCES: tuple[str, ...] = ("robot", "caption", "vqa", "text")
@@ -78,6 +78,7 @@ class MixtureSampler:
             fast=True,
             image_labels=labels,
             image_refs=refs,
+            image_goal=self.robot_goal(item),
         )
 
     @property
@@ -96,6 +97,15 @@ class MixtureSampler:
         refer = notes.get(REFER_KEY)
         refs = None if refer is None else tuple((int(c),) if c > 0 else () for c in refer[:2])
         return labels, refs
+
+    @staticmethod
+    def robot_goal(item: dict) -> np.ndarray | None:
+        """Where the frame's episode takes the instruction's target, float32 (x, y) in [0, 1] of the
+        image (`annotation.goal`), or None for a dataset without it or a frame without an image."""
+        goal = item.get("annotations", {}).get(GOAL_KEY)
+        if goal is None or item.get("image") is None:
+            return None
+        return np.asarray(goal[:2], dtype=np.float32) / GOAL_UNITS
 
     def draw_source(self, rng: np.random.Generator) -> str:
         """The source of the next example: the first draw `draw` makes from `rng`."""

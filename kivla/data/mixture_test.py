@@ -69,10 +69,23 @@ def test_robot_examples_carry_the_world_annotations(dataset):
         assert e.image_labels.shape == (64, 64) and e.image_labels.dtype == np.uint8
         assert (e.image_labels == target).any()  # the named object is in the frame's label map
         assert len(destination) == (1 if " on " in e.prompt else 0), e.prompt  # place_on names one
+        assert e.image_goal.dtype == np.float32 and ((0 <= e.image_goal) & (e.image_goal <= 1)).all()
+
+
+def test_examples_check_their_goal():
+    from kivla.data.example import Example
+
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    Example("reach the red circle", image=image, image_goal=np.array([0.2, 0.9], dtype=np.float32))
+    for bad, image_or_none in (([0.2, 1.5], image), ([0.2, float("nan")], image), ([0.5], image),
+                               ([0.5, 0.5], None)):  # fmt: skip
+        with pytest.raises(ValueError, match=r"Example\.image_goal"):
+            Example("reach the red circle", image=image_or_none, image_goal=np.array(bad, dtype=np.float32))
 
 
 def test_robot_examples_without_annotations(tmp_path):
     root = generate_dataset(tmp_path / "ds", 1, seed=2, video=False, annotations=False, progress=False)
     sampler = MixtureSampler(LeRobotDataset(root, horizon=8), {"robot": 1.0}, seed=0)
     assert not sampler.robot_has_labels
-    assert all(e.image_labels is None and e.image_refs is None for e in sampler.sample(5))
+    examples = sampler.sample(5)
+    assert all(e.image_labels is None and e.image_refs is None and e.image_goal is None for e in examples)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kivla.data.lerobot_format import LABELS_KEY, REFER_KEY
+from kivla.data.lerobot_format import GOAL_KEY, GOAL_UNITS, LABELS_KEY, REFER_KEY
 from kivla.data.lerobot_write import LeRobotWriter, check_out_dir
 from kivla.data.world_env import ACTION_NAMES, FPS, TabletopEnv, WorldConfig
 from kivla.data.world_expert import rollout_expert
@@ -41,8 +41,10 @@ def generate_dataset(
     Failed expert episodes (rare) are re-drawn with the next attempt's seed, so every episode of the
     dataset succeeds. With `annotations`, every frame also carries the world's label map and the
     label classes the instruction names (`annotation.labels`, `annotation.refer`): the targets of
-    the dense vision losses in robot co-training. With `privileged_state`, the state also carries the
-    target's and the goal's xy (`WorldConfig.privileged_state`, a diagnostic). Returns the dataset path.
+    the dense vision losses in robot co-training; and where the target ends up (`annotation.goal`,
+    the same for every frame of an episode), the target of a goal keypoint. With `privileged_state`,
+    the state also carries the target's and the goal's xy (`WorldConfig.privileged_state`, a
+    diagnostic). Returns the dataset path.
     """
     if episodes < 1:
         raise ValueError(f"episodes: expected >= 1, got {episodes}")
@@ -67,7 +69,12 @@ def generate_dataset(
                 else:
                     raise RuntimeError(f"expert failed {MAX_ATTEMPTS} times on episode {index}")
                 length = len(episode["actions"])
-                extra = {LABELS_KEY: episode["labels"], REFER_KEY: np.tile(episode["refer"], (length, 1))}
+                goal = np.round(episode["goal"] * GOAL_UNITS).astype(np.int32)
+                extra = {
+                    LABELS_KEY: episode["labels"],
+                    REFER_KEY: np.tile(episode["refer"], (length, 1)),
+                    GOAL_KEY: np.tile(goal, (length, 1)),
+                }
                 writer.add_episode(
                     episode["images"],
                     episode["states"],

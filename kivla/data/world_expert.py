@@ -171,7 +171,8 @@ def expert_action(env: TabletopEnv) -> np.ndarray:
 def rollout_expert(env: TabletopEnv, seed: int, options: dict | None = None) -> dict:
     """Run one expert episode. Returns images [T,S,S,3], states [T,5], actions [T,4], task, success,
     and the world's annotations of every frame: `labels` uint8 [T,S,S] (`Renderer.label_map`) and
-    `refer` int64 [2] (label classes of the instruction's target and destination, 0 = none)."""
+    `refer` int64 [2] (label classes of the instruction's target and destination, 0 = none), and
+    `goal` float64 [2], the target's centre (x, y) at the end: where the demonstration took it."""
     obs, info = env.reset(seed, options)
     images, states, actions, labels = [], [], [], []
     success = False
@@ -191,6 +192,7 @@ def rollout_expert(env: TabletopEnv, seed: int, options: dict | None = None) -> 
         "actions": np.stack(actions).astype(np.float32),
         "labels": np.stack(labels),
         "refer": referred_classes(env.task, env.scene),
+        "goal": env.scene.positions[env.task.target].copy(),
         "task": info["task"],
         "success": success,
         "seed": seed,

@@ -23,6 +23,23 @@ def test_expert_succeeds_50_seeds(family, split):
     assert max(lengths) < 200  # never truncated
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_goal_is_where_the_target_ends_up(family):
+    """`goal` (annotation.goal) is the target's final centre: in the success region of its task,
+    at the target's start for a reach (the world's goal point within the tasks' tolerances)."""
+    from kivla.data.world_tasks import PLACE_ON_TOLERANCE, REGION_SIZE, goal_point
+
+    env = TabletopEnv(WorldConfig())
+    for seed in range(10):
+        episode = rollout_expert(env, seed, {"family": family})
+        assert episode["success"]
+        goal, task = episode["goal"], episode["task"]
+        np.testing.assert_array_equal(goal, env.scene.positions[task.target])
+        tolerance = {"place_on": PLACE_ON_TOLERANCE, "place_in": REGION_SIZE / 2**0.5, "push": 0.1,
+                     "reach": 1e-9}[family]  # fmt: skip
+        assert np.linalg.norm(goal - goal_point(task, env.scene)) <= tolerance, (family, seed)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_expert_succeeds_500_seeds(family):

@@ -172,6 +172,7 @@ class BatchBuilder:
         images, image_mask = self._images([ex.image for ex in examples])
         image_labels, has_labels = self._image_labels(examples)
         image_refs, has_refs = self._image_refs(examples)
+        image_goal, has_goal = self._image_goals(examples)
         state = self._states([ex.state for ex in examples])
         has_state = [ex.state is not None for ex in examples]
         prefix = self._prefix([ex.prompt for ex in examples], state, has_state)
@@ -196,10 +197,24 @@ class BatchBuilder:
                 "vision": has_labels,
                 "refer": has_refs & has_labels,
                 "where": has_labels,
+                "goal": has_goal,
             },
             image_labels=image_labels,
             image_refs=image_refs,
+            image_goal=image_goal,
         )
+
+    @staticmethod
+    def _image_goals(examples: Sequence[Example]) -> tuple[Tensor | None, Tensor]:
+        """Goals [B, 2] in [-1, 1] (None when no example has one) and which examples have one [B]."""
+        has = torch.tensor([ex.image_goal is not None for ex in examples])
+        if not has.any():
+            return None, has
+        out = torch.zeros(len(examples), 2)
+        for i, ex in enumerate(examples):
+            if ex.image_goal is not None:
+                out[i] = torch.as_tensor(ex.image_goal, dtype=torch.float32) * 2 - 1
+        return out, has
 
     @staticmethod
     def _image_refs(examples: Sequence[Example]) -> tuple[Tensor | None, Tensor]:

@@ -177,7 +177,9 @@ class ExpertConfig:
     keypoint_prompt_pool: str = "mean"  # or "attention": each keypoint pools the prompt itself
     # How the keypoints enter: "token", one more expert token the others must attend to; "norm",
     # added to the flow-time conditioning of every adaptive norm (FiLM, as diffusion policy
-    # conditions on its observation features), so every action token sees them in every layer.
+    # conditions on its observation features), so every action token sees them in every layer;
+    # "state", joined to the robot state in its expert token (needs state_input="token"), so that
+    # one token holds the gripper and the points it must go to, as a privileged state would.
     keypoint_input: str = "token"
     # Each image token also regresses where its object's centre lies inside its patch, and a
     # keypoint is the softmax-weighted mean of (token centre + offset): positions finer than the
@@ -192,8 +194,28 @@ class ExpertConfig:
     # the softmax mean over the tokens within r grid cells of its largest weight only (a local
     # soft-argmax), so that weight on the other named object does not pull them between the two.
     keypoint_peak: int = -1
+    # False: the expert's attention skips the prefix's image tokens (it still reads the prompt's
+    # K/V, which attended to the image inside the backbone, and its keypoints, which read the image
+    # tokens' values), so that what it acts on is the few coordinates keypoints give, as with a
+    # privileged state. Needs keypoints.
+    attend_image: bool = True
+    # The keypoints' (x, y) in [-1, 1] over the image enter the expert multiplied by this gain.
+    # Objects lie within about ±0.5 of the centre, while the state is quantile-normalized to [-1, 1]
+    # over its own range: a gain of 4 gives positions the spread of the state (fourteenth round).
+    keypoint_gain: float = 1.0
+    # One more point for the expert after keypoints 0 / 1: where the instruction takes the target,
+    # regressed from the prompt and those two keypoints (kivla.model.keypoints.GoalPoint) and
+    # supervised on the demonstrations' goals (`annotation.goal`) by the keypoint loss, teacher-forced
+    # with the keypoints. Needs keypoints >= 2 and KIPolicyConfig.keypoint_weight > 0.
+    goal_point: bool = False
 
     def __post_init__(self) -> None:
+        if not self.keypoint_gain > 0:
+            raise ValueError(f"ExpertConfig.keypoint_gain: expected > 0, got {self.keypoint_gain}")
+        if self.goal_point and self.keypoints < 2:
+            raise ValueError(f"ExpertConfig.goal_point: needs keypoints >= 2, got {self.keypoints}")
+        if not self.attend_image and not self.keypoints:
+            raise ValueError("ExpertConfig.attend_image: False needs keypoints > 0 (the image's only way in)")
         if self.num_heads is not None:
             _positive("ExpertConfig", num_heads=self.num_heads)
         if self.keypoints < 0:
@@ -203,9 +225,10 @@ class ExpertConfig:
                 "ExpertConfig.keypoint_prompt_pool: expected 'mean' or 'attention', "
                 f"got {self.keypoint_prompt_pool!r}"
             )
-        if self.keypoint_input not in ("token", "norm"):
+        if self.keypoint_input not in ("token", "norm", "state"):
             raise ValueError(
-                f"ExpertConfig.keypoint_input: expected 'token' or 'norm', got {self.keypoint_input!r}"
+                f"ExpertConfig.keypoint_input: expected 'token', 'norm' or 'state', "
+                f"got {self.keypoint_input!r}"
             )
         if self.keypoint_naming and self.keypoints == 0:
             raise ValueError("ExpertConfig.keypoint_naming: needs keypoints > 0, got keypoints=0")
@@ -280,6 +303,11 @@ class KIPolicyConfig:
     # it learns to act on them fully rather than on a keypoint that is still wrong half of the
     # time; at run time it always gets the keypoints it predicts. Needs keypoint_weight > 0.
     keypoint_teacher_forcing: float = 0.0
+    # Keypoint 1 is supervised (and teacher-forced) onto where the demonstration takes the target
+    # (`annotation.goal`, hindsight: its centre at the episode's end) in place of the second named
+    # object: the destination for place-on, the spot in the named corner, the end of a push, the
+    # target itself for a reach. Frames without a goal keep the second object. Needs keypoint_weight.
+    keypoint_goal: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.backbone, BackboneConfig):
@@ -307,6 +335,11 @@ class KIPolicyConfig:
         if self.state_input not in STATE_INPUTS:
             raise ValueError(
                 f"KIPolicyConfig.state_input: expected one of {STATE_INPUTS}, got {self.state_input!r}"
+            )
+        if self.expert.keypoints and self.expert.keypoint_input == "state" and self.state_input != "token":
+            raise ValueError(
+                f"ExpertConfig.keypoint_input: 'state' joins the keypoints to the state's expert token, "
+                f"which needs KIPolicyConfig.state_input='token', got {self.state_input!r}"
             )
         if self.flow_samples_per_example < 1:
             raise ValueError(
@@ -342,6 +375,14 @@ class KIPolicyConfig:
             raise ValueError(
                 "KIPolicyConfig.keypoint_teacher_forcing: needs keypoint_weight > 0 (the world's labels "
                 "that give the named objects' centres)"
+            )
+        if self.expert.goal_point and self.keypoint_weight == 0:
+            raise ValueError(
+                "ExpertConfig.goal_point: needs KIPolicyConfig.keypoint_weight > 0 (the goal is supervised)"
+            )
+        if self.keypoint_goal and self.keypoint_weight == 0:
+            raise ValueError(
+                "KIPolicyConfig.keypoint_goal: needs keypoint_weight > 0 (keypoint 1 is supervised)"
             )
         if self.vision_readout not in ("head", "words"):
             raise ValueError(

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from kivla.model.backbone import Backbone, PrefixCache
 from kivla.model.config import ExpertConfig
-from kivla.model.keypoints import SpatialKeypoints
+from kivla.model.keypoints import GoalPoint, SpatialKeypoints
 from kivla.model.layers import QKVProjection, SwiGLU, ada_rms_norm, additive_mask, attend, rope_tables
 from kivla.model.masks import expert_attention_mask
 
@@ -37,6 +37,7 @@ class ExpertContext:
     rope: tuple[Tensor, Tensor]  # cos, sin [B, 1, E, head_dim / 2]
     keypoint_token: Tensor | None = None  # [B, 1, W] when keypoints enter as a token
     keypoint_cond: Tensor | None = None  # [B, W] when they enter the adaptive norms
+    keypoint_state: Tensor | None = None  # [B, 2 x points] when they join the state's token
 
 
 class ExpertLayer(nn.Module):
@@ -83,8 +84,12 @@ class ActionExpert(nn.Module):
         self.time_mlp = nn.Sequential(
             nn.Linear(c.time_embedding_dim, c.width), nn.SiLU(), nn.Linear(c.width, c.width), nn.SiLU()
         )
-        self.state_in = nn.Linear(c.state_dim, c.width) if state_token else None
-        self.keypoints = self.keypoints_in = None
+        num_points = c.keypoints + c.goal_point if c.keypoints else 0  # the goal joins the keypoints
+        joined = 2 * num_points if c.keypoint_input == "state" else 0
+        if joined and not state_token:
+            raise ValueError("ExpertConfig.keypoint_input: 'state' needs the state as an expert token")
+        self.state_in = nn.Linear(c.state_dim + joined, c.width) if state_token else None
+        self.keypoints = self.keypoints_in = self.goal = None
         if c.keypoints:
             if backbone.image_grid is None:
                 raise ValueError(
@@ -103,10 +108,12 @@ class ActionExpert(nn.Module):
                                               prompt_pool=c.keypoint_prompt_pool,
                                               naming=c.keypoint_naming,
                                               peak=c.keypoint_peak)  # fmt: skip
+            if c.goal_point:
+                self.goal = GoalPoint(value_dim, backbone.image_grid)
             if c.keypoint_input == "token":
-                self.keypoints_in = nn.Linear(2 * c.keypoints, c.width)
-            else:  # added to the time conditioning, which ends in a SiLU as well
-                self.keypoints_in = nn.Sequential(nn.Linear(2 * c.keypoints, c.width), nn.SiLU(),
+                self.keypoints_in = nn.Linear(2 * num_points, c.width)
+            elif c.keypoint_input == "norm":  # added to the time conditioning, which ends in a SiLU as well
+                self.keypoints_in = nn.Sequential(nn.Linear(2 * num_points, c.width), nn.SiLU(),
                                                   nn.Linear(c.width, c.width), nn.SiLU())  # fmt: skip
         self.layers = nn.ModuleList(
             ExpertLayer(c, backbone.num_kv_heads, backbone.head_dim) for _ in range(backbone.num_layers)
@@ -129,25 +136,43 @@ class ActionExpert(nn.Module):
     ) -> ExpertContext:  # fmt: skip
         """Mask and RoPE tables of the expert tokens, and the keypoint token; they depend on the
         prefix only, so sampling builds them once for all Euler steps. `forced` = (use bool [B, F],
-        points [B, F, 2]) replaces the first F keypoints where `use` holds (teacher forcing)."""
+        points [B, F, 2]) replaces the first F of `points` where `use` holds (teacher forcing)."""
         as_token = self.keypoints is not None and self.config.keypoint_input == "token"
         num_expert = num_actions + (self.state_in is not None) + as_token
-        mask = additive_mask(expert_attention_mask(cache.valid, num_expert), dtype)
+        readable = cache.valid
+        if not self.config.attend_image:  # the image reaches the expert through its keypoints only
+            readable = cache.valid.clone()
+            readable[:, : self.keypoints.grid**2] = False
+        mask = additive_mask(expert_attention_mask(readable, num_expert), dtype)
         # Expert positions continue after the valid prefix; the suffix never enters this stream.
         start = cache.valid.long().sum(dim=1, keepdim=True)
         positions = start + torch.arange(num_expert, device=cache.valid.device)[None]
-        keypoint_token = keypoint_cond = None
-        if self.keypoints is not None:  # [B, K, 2] -> one token in front of the others, or FiLM
-            points = self.keypoints(cache.values[self.config.keypoint_layer], cache.valid, cache.image_naming)
+        keypoint_token = keypoint_cond = keypoint_state = None
+        if self.keypoints is not None:  # [B, K, 2] -> one token in front of the others, FiLM or state
+            points = self.points(cache)  # [B, K (+1: the goal, third), 2]
             if forced is not None:
                 use, true = forced
                 f = use.shape[1]
                 head = torch.where(use[..., None], true.to(points.dtype), points[:, :f])
                 points = torch.cat([head, points[:, f:]], dim=1)
-            features = self.keypoints_in(points.flatten(1).to(dtype))  # [B, W]
-            keypoint_token, keypoint_cond = (features[:, None], None) if as_token else (None, features)
+            points = points * self.config.keypoint_gain
+            if self.config.keypoint_input == "state":
+                keypoint_state = points.flatten(1)  # [B, 2 points]
+            else:
+                features = self.keypoints_in(points.flatten(1).to(dtype))  # [B, W]
+                keypoint_token, keypoint_cond = (features[:, None], None) if as_token else (None, features)
         rope = rope_tables(positions, self.head_dim, self.rope_theta, dtype)
-        return ExpertContext(mask, rope, keypoint_token, keypoint_cond)
+        return ExpertContext(mask, rope, keypoint_token, keypoint_cond, keypoint_state)
+
+    def points(self, cache: PrefixCache) -> Tensor:
+        """The points the expert reads [B, K (+1), 2] in [-1, 1]: its keypoints, with the goal point
+        (when it has one) third, after the target's and the second object's keypoints."""
+        values = cache.values[self.config.keypoint_layer]
+        points = self.keypoints(values, cache.valid, cache.image_naming)  # [B, K, 2]
+        if self.goal is None:
+            return points
+        goal = self.goal(values, cache.valid, points[:, :2]).to(points.dtype)  # [B, 2]
+        return torch.cat([points[:, :2], goal[:, None], points[:, 2:]], dim=1)
 
     def forward(
         self,
@@ -169,6 +194,8 @@ class ActionExpert(nn.Module):
         if self.state_in is not None:
             if state is None:
                 raise ValueError("state: required when the state enters as an expert token")
+            if context.keypoint_state is not None:
+                state = torch.cat([state, context.keypoint_state.to(state.dtype)], dim=-1)
             x = torch.cat([self.state_in(state)[:, None], x], dim=1)
         if context.keypoint_token is not None:
             x = torch.cat([context.keypoint_token.to(x.dtype), x], dim=1)

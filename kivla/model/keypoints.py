@@ -156,3 +156,36 @@ class SpatialKeypoints(nn.Module):
             return (mask / mask.sum(1, keepdim=True).clamp(min=1)).expand(-1, -1, self.num_keypoints)
         pool = self.prompt_pool(prompt).masked_fill(~valid[..., None], float("-inf"))  # [B, Lp, K]
         return torch.softmax(pool, dim=1).nan_to_num(0.0)
+
+
+class GoalPoint(nn.Module):
+    """Where the instruction takes its target, (x, y) in [-1, 1] over the image, from the prompt's
+    values and the supervised keypoints [B, 2, 2] (the target, the object named second).
+
+    Two learned attention pools read the prompt; from them a small MLP chooses a mix of three
+    anchors (the target, the second object, the image centre) and adds an offset: a reach stays on
+    the target, a place-on goes to the destination, a place-in to the named corner (the centre plus
+    an offset), a push ahead of the target (the target plus an offset). Every one of these is one
+    choice and one offset a phrase decides, so that supervision on the demonstrations' goals
+    (`annotation.goal`) teaches them quickly. The anchors enter detached: the goal's loss trains
+    this module only (docs/learning.md, fourteenth round)."""
+
+    def __init__(self, value_dim: int, grid: int, hidden: int = 128, pools: int = 2) -> None:
+        super().__init__()
+        self.grid = grid
+        self.pool = nn.Linear(value_dim, pools)
+        nn.init.zeros_(self.pool.weight)  # starts as the mean of the prompt
+        nn.init.zeros_(self.pool.bias)
+        self.mlp = nn.Sequential(nn.Linear(pools * value_dim, hidden), nn.SiLU(), nn.Linear(hidden, 5))
+
+    def forward(self, values: Tensor, valid: Tensor, anchors: Tensor) -> Tensor:
+        """values [B, kv, Np, hd] (image tokens first), valid bool [B, Np], anchors [B, 2, 2] -> [B, 2]."""
+        n = self.grid * self.grid
+        prompt = rearrange(values[:, :, n:], "b h l d -> b l (h d)")  # [B, Lp, value_dim]
+        scores = self.pool(prompt).masked_fill(~valid[:, n:, None], float("-inf"))  # [B, Lp, P]
+        weights = torch.softmax(scores, dim=1).nan_to_num(0.0)
+        summary = torch.einsum("blp,bld->bpd", weights, prompt).flatten(1)  # [B, P * value_dim]
+        out = self.mlp(summary).float()
+        mix = torch.softmax(out[:, :3], dim=-1)  # target, second object, centre (0, 0)
+        offset = torch.tanh(out[:, 3:])  # [B, 2], at most the half-width of the image
+        return (mix[:, :2, None] * anchors.detach().float()).sum(1) + offset

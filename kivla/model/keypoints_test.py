@@ -16,7 +16,8 @@ def with_keypoints(config, k: int = 3, layer: int = -1, input: str = "token", na
                    peak: int = -1):  # fmt: skip
     expert = dataclasses.replace(config.expert, keypoints=k, keypoint_layer=layer, keypoint_input=input,
                                  keypoint_naming=naming, keypoint_peak=peak)  # fmt: skip
-    return dataclasses.replace(config, expert=expert)
+    state_input = "token" if input == "state" else config.state_input  # "state" joins the state's token
+    return dataclasses.replace(config, expert=expert, state_input=state_input)
 
 
 def test_keypoints_start_at_the_centre_and_find_a_scored_token():
@@ -63,7 +64,8 @@ def test_peak_reads_the_mode_of_a_softmax_split_between_two_objects():
 
 
 @pytest.mark.parametrize("keypoint_input,naming,peak",
-                         [("token", False, -1), ("norm", False, -1), ("token", True, -1), ("token", True, 1)])
+                         [("token", False, -1), ("norm", False, -1), ("state", False, -1),
+                          ("token", True, -1), ("token", True, 1)])
 def test_insulated_flow_loss_with_keypoints_leaves_the_backbone_untouched(builder, config, keypoint_input,
                                                                           naming, peak):  # fmt: skip
     torch.manual_seed(0)
@@ -95,10 +97,38 @@ def test_keypoint_settings_are_checked(config):
         with_keypoints(config, k=-1)
     with pytest.raises(ValueError, match=r"ExpertConfig\.keypoint_input"):
         with_keypoints(config, input="film")
+    with pytest.raises(ValueError, match=r"ExpertConfig\.keypoint_input.*state_input"):
+        dataclasses.replace(with_keypoints(config, input="state"), state_input="prompt")
+    with pytest.raises(ValueError, match=r"ExpertConfig\.keypoint_gain"):
+        dataclasses.replace(config.expert, keypoints=2, keypoint_gain=0.0)
+    with pytest.raises(ValueError, match=r"ExpertConfig\.attend_image"):
+        dataclasses.replace(config.expert, keypoints=0, attend_image=False)
     with pytest.raises(ValueError, match=r"ExpertConfig\.keypoint_peak"):
         dataclasses.replace(config.expert, keypoints=2, keypoint_peak=-2)
     with pytest.raises(ValueError, match=r"ExpertConfig\.keypoint_layer"):
         KIPolicy(recipe_config("ki", with_keypoints(config, layer=config.backbone.depth)))
+
+
+def test_keypoints_enter_with_their_gain_and_alone_without_image_attention(builder, config):
+    """keypoint_gain scales what the expert gets; attend_image=False masks the prefix's image
+    tokens out of every expert row (the prompt stays readable)."""
+    policy_config = recipe_config("ki", with_keypoints(config, k=2, input="state"))
+    torch.manual_seed(0)
+    policy = KIPolicy(policy_config)
+    batch = builder.collate([robot_example(np.random.default_rng(9))])
+    with torch.no_grad():
+        policy.expert.keypoints.score.weight.normal_(0, 5.0)  # keypoints away from the centre
+    cache = policy.encode_prefix(batch)
+    plain = policy.expert.context(cache, 4, torch.float32)
+    n = policy.expert.keypoints.grid ** 2
+    assert torch.isfinite(plain.mask[..., :n]).all()  # the expert reads the image by default
+    policy.expert.config = dataclasses.replace(policy.expert.config, keypoint_gain=4.0, attend_image=False)
+    scaled = policy.expert.context(cache, 4, torch.float32)
+    assert plain.keypoint_state.abs().sum() > 0
+    assert torch.allclose(scaled.keypoint_state, 4.0 * plain.keypoint_state)
+    assert torch.isinf(scaled.mask[..., :n]).all()  # no expert row reads an image token
+    prompt = cache.valid[0, n:].nonzero().flatten() + n
+    assert torch.isfinite(scaled.mask[..., prompt]).all()
 
 
 def test_recipe_overrides_set_expert_fields_from_a_dict(config):
@@ -127,7 +157,7 @@ def _square_batch(b: int, generator: torch.Generator):
     return batch, target
 
 
-@pytest.mark.parametrize("keypoint_input", ["token", "norm"])
+@pytest.mark.parametrize("keypoint_input", ["token", "norm", "state"])
 def test_keypoints_let_the_expert_act_on_where_an_object_is(keypoint_input):
     """The guard of the reading path: with a frozen random backbone, an expert with keypoints learns
     in 150 steps to put its chunk where the square is; rolled images give the error of ignoring them."""
@@ -137,7 +167,7 @@ def test_keypoints_let_the_expert_act_on_where_an_object_is(keypoint_input):
     arch = SIZES["test"].policy_config(image_size=16, vocab_size=16, horizon=4, action_dim=2, state_dim=2,
                                        tokens_per_side=4)  # fmt: skip
     expert = {"keypoints": 4, "keypoint_layer": 0, "keypoint_input": keypoint_input}
-    policy = KIPolicy(recipe_config("frozen", arch, expert=expert))
+    policy = KIPolicy(recipe_config("frozen", arch, expert=expert, state_input="token"))
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=3e-3)
     generator = torch.Generator().manual_seed(1)
     for _ in range(150):
@@ -204,22 +234,94 @@ def test_keypoint_loss_trains_the_keypoint_scores_only(builder, config, naming):
     assert unlabelled.parts["keypoint"] == 0
 
 
+def _fit_keypoint_loss(policy, batch, params, steps: int = 60, lr: float = 0.1) -> None:
+    """Adam on `params` against the keypoint loss alone."""
+    optimizer = torch.optim.Adam(params, lr=lr)
+    for _ in range(steps):
+        loss = policy(batch, generator=torch.Generator().manual_seed(0)).parts["keypoint"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
 def test_keypoint_loss_puts_each_keypoint_on_its_object(builder, config):
     """Trained on the keypoint loss alone, keypoint 0 goes to the object named first and keypoint 1
     to the second: the target's token is (0, 0) of the 2x2 grid, centre (-0.5, -0.5)."""
     policy = _supervised(config)
     rng = np.random.default_rng(6)
     batch = builder.collate([_labelled_robot(rng, 2, 4) for _ in range(4)])
-    optimizer = torch.optim.Adam(policy.expert.keypoints.parameters(), lr=0.1)
-    for _ in range(60):
-        loss = policy(batch, generator=torch.Generator().manual_seed(0)).parts["keypoint"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    _fit_keypoint_loss(policy, batch, policy.expert.keypoints.parameters())
     cache = policy._encode(batch, with_suffix=False).cache
     points = policy.expert.keypoints(cache.values[-1], cache.valid)  # [B, 2, 2]
     assert torch.allclose(points[:, 0], torch.tensor([-0.5, -0.5]), atol=0.1)
     assert torch.allclose(points[:, 1], torch.tensor([0.5, 0.5]), atol=0.1)
+
+
+def test_goal_keypoint_goes_where_the_target_ends_up(builder, config):
+    """With keypoint_goal, keypoint 1 is supervised onto the frame's goal (here the top-right patch,
+    where no object is) instead of the second named object; a frame without a goal keeps the
+    object; teacher forcing gives the expert the goal."""
+    config = recipe_config("ki", with_keypoints(config, k=2), vision_labels=5, keypoint_weight=1.0,
+                           keypoint_teacher_forcing=1.0, keypoint_goal=True)  # fmt: skip
+    torch.manual_seed(0)
+    policy = KIPolicy(config)
+    rng = np.random.default_rng(6)
+    goal = np.array([0.75, 0.25], dtype=np.float32)  # (x, y) in [0, 1]: (0.5, -0.5) in [-1, 1]
+    examples = [dataclasses.replace(_labelled_robot(rng, 2, 4), image_goal=goal) for _ in range(4)]
+    batch = builder.collate([*examples, _labelled_robot(rng, 2, 4)])
+    assert batch.loss_mask["goal"].tolist() == [True] * 4 + [False]
+    marked, centre = policy._keypoint_targets(batch, torch.arange(5))
+    assert marked[:4, 1].nonzero()[:, 1].tolist() == [1] * 4  # token 1: top right of the 2x2 grid
+    assert torch.allclose(centre[:4, 1], torch.tensor([0.5, -0.5]))
+    assert torch.allclose(centre[4, 1], torch.tensor([0.5, 0.5]), atol=0.05)  # no goal: the object
+    use, forced = policy._forced_keypoints(batch, torch.arange(5), torch.Generator().manual_seed(0))
+    assert use.all() and torch.equal(forced, centre)
+    batch = builder.collate(examples)
+    _fit_keypoint_loss(policy, batch, policy.expert.keypoints.parameters())
+    cache = policy._encode(batch, with_suffix=False).cache
+    points = policy.expert.keypoints(cache.values[-1], cache.valid)  # [B, 2, 2]
+    assert torch.allclose(points[:, 0], torch.tensor([-0.5, -0.5]), atol=0.1)  # the target
+    assert torch.allclose(points[:, 1], torch.tensor([0.5, -0.5]), atol=0.1)  # the goal
+
+
+def test_goal_point_is_regressed_onto_the_goal_and_teacher_forced_third(builder, config):
+    """With ExpertConfig.goal_point, the expert reads one more point, third: trained by the keypoint
+    loss it goes to the annotated goal (a corner here) for one instruction and to the target for
+    another; in training the expert is given the true goal there."""
+    policy_config = recipe_config("ki", with_keypoints(config, k=2), vision_labels=5, keypoint_weight=1.0,
+                                  keypoint_teacher_forcing=1.0, expert={"goal_point": True})  # fmt: skip
+    torch.manual_seed(0)
+    policy = KIPolicy(policy_config)
+    assert policy.expert.keypoints_in.in_features == 2 * 3  # two keypoints and the goal
+    rng = np.random.default_rng(6)
+    corner, target = np.array([0.9, 0.1], dtype=np.float32), np.array([0.25, 0.25], dtype=np.float32)
+
+    def example(prompt, goal):
+        return dataclasses.replace(_labelled_robot(rng, 2, 4), prompt=prompt, image_goal=goal)
+
+    batch = builder.collate([example("put the red circle in the top right corner", corner),
+                             example("reach the red circle", target)] * 2)  # fmt: skip
+    use, forced = policy._forced_keypoints(batch, torch.arange(4), torch.Generator().manual_seed(0))
+    assert use.shape == (4, 3) and use[:, 2].all()
+    assert torch.allclose(forced[0, 2], torch.tensor([0.8, -0.8]))
+    assert torch.allclose(forced[1, 2], torch.tensor([-0.5, -0.5]))
+    params = [*policy.expert.keypoints.parameters(), *policy.expert.goal.parameters()]
+    _fit_keypoint_loss(policy, batch, params, steps=150, lr=0.03)
+    points = policy.expert.points(policy.encode_prefix(batch))  # [B, 3, 2]
+    assert torch.allclose(points[0, 2], torch.tensor([0.8, -0.8]), atol=0.1)  # the corner
+    assert torch.allclose(points[1, 2], torch.tensor([-0.5, -0.5]), atol=0.1)  # the target
+
+
+def test_goal_point_needs_keypoints_and_their_loss(config):
+    with pytest.raises(ValueError, match=r"ExpertConfig\.goal_point"):
+        dataclasses.replace(config.expert, keypoints=1, goal_point=True)
+    with pytest.raises(ValueError, match=r"ExpertConfig\.goal_point"):
+        recipe_config("ki", with_keypoints(config, k=2), vision_labels=5, expert={"goal_point": True})
+
+
+def test_goal_keypoint_needs_the_keypoint_loss(config):
+    with pytest.raises(ValueError, match="keypoint_goal"):
+        recipe_config("ki", with_keypoints(config, k=2), vision_labels=5, keypoint_goal=True)
 
 
 def test_keypoint_weight_needs_two_keypoints(config):

@@ -26,6 +26,9 @@ class KIBatch:
     loss_mask: dict[str, Tensor] = field(default_factory=dict)  # "flow", "fast", "lm", "vision": bool [B]
     image_labels: Tensor | None = None  # uint8 [B, S, S] dense labels (0 where loss_mask["vision"] is off)
     image_refs: Tensor | None = None  # bool [B, 2, 256]: label classes the prompt refers to (first, second)
+    # Where the demonstration takes the target, (x, y) in [-1, 1] over the image (the coordinates of
+    # SpatialKeypoints; 0 where loss_mask["goal"] is off).
+    image_goal: Tensor | None = None  # float32 [B, 2]
     # Per-example flow noise and time (k draws each); drawn inside `KIPolicy.forward` when None.
     # A data pipeline that sets them makes the loss independent of how the batch is split.
     flow_noise: Tensor | None = None  # float32 [B, k, H, D]

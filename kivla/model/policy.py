@@ -399,36 +399,73 @@ class KIPolicy(nn.Module):
         return batch.loss_mask.get(name, batch.image_mask) & batch.image_mask
 
     def _keypoint_loss(self, batch: KIBatch, cache: PrefixCache) -> Tensor:
-        """Keypoint r (r = 0: the object named first, 1: second) of the expert: cross-entropy of its
+        """Keypoint r (r = 0: the object named first, 1: second, or with keypoint_goal where the target
+        goes, `_keypoint_targets`) of the expert: cross-entropy of its
         spatial softmax against the object's token plus the squared error of its coordinates
-        against the object's centre (grid units in [-1, 1]); mean over the roles an example has,
-        then `_batch_mean`. Reads the K/V the expert reads, so it trains expert parameters only."""
+        against the object's centre (grid units in [-1, 1]), and with a goal point
+        (ExpertConfig.goal_point) its squared error against the frame's goal; mean over the roles an
+        example has, then `_batch_mean`. Reads the K/V the expert reads, so it trains expert
+        parameters only."""
         c = self.config
         rows = self._labelled_rows(batch, "keypoint").nonzero().flatten()
         keypoints = self.expert.keypoints
         read = self._expert_reads(cache.select(rows))
         values = read.values[c.expert.keypoint_layer]
         weights = keypoints.weights(values, read.valid, read.image_naming)[:, :2].float()  # [B', 2, n]
-        marked, centre = referred_objects(batch.image_labels[rows], batch.image_refs[rows],
-                                          c.vision_labels, c.backbone.patch_size)  # fmt: skip
+        marked, centre = self._keypoint_targets(batch, rows)
         has = marked.any(-1)  # [B', 2]
         found = (weights * marked).sum(-1).clamp(min=1e-6)  # softmax mass on the object's token(s)
-        error = (keypoints.points(weights, keypoints.offsets(values)) - centre).pow(2).sum(-1)  # [B', 2]
-        per_role = (-found.log() + error) * has
-        return self._batch_mean(batch, "keypoint", per_role.sum(-1) / has.sum(-1).clamp(min=1))
+        points = keypoints.points(weights, keypoints.offsets(values))  # [B', 2, 2]
+        error = (points - centre).pow(2).sum(-1)  # [B', 2]
+        total, count = ((-found.log() + error) * has).sum(-1), has.sum(-1).float()
+        if self.expert.goal is not None and batch.image_goal is not None:  # the goal point's error
+            has_goal = batch.loss_mask["goal"][rows]  # [B']
+            anchors = torch.where(has[..., None], centre, points.detach())  # true centres where known
+            goal = self.expert.goal(values, read.valid, anchors)  # [B', 2]
+            total = total + (goal - batch.image_goal[rows].float()).pow(2).sum(-1) * has_goal
+            count = count + has_goal
+        return self._batch_mean(batch, "keypoint", total / count.clamp(min=1))
 
     def _forced_keypoints(
         self, batch: KIBatch, rows: Tensor, generator: torch.Generator | None
     ) -> tuple[Tensor, Tensor]:
-        """Teacher forcing for the flow rows: (use bool [B', 2], centres [B', 2, 2]); an example is
-        forced with probability keypoint_teacher_forcing, each named object it has."""
+        """Teacher forcing for the flow rows: (use bool [B', F], centres [B', F, 2]); an example is
+        forced with probability keypoint_teacher_forcing, each named object it has (F = 2), and its
+        goal when the expert has a goal point (F = 3)."""
         c = self.config
         labelled = self._labelled_rows(batch, "keypoint")[rows]  # [B']
+        marked, centre = self._keypoint_targets(batch, rows)
+        draw = torch.rand(rows.numel(), generator=generator).to(labelled.device)
+        forced = labelled & (draw < c.keypoint_teacher_forcing)  # [B']
+        use = marked.any(-1) & forced[:, None]
+        if self.expert.goal is not None:  # the goal point is third (ActionExpert.points)
+            if batch.image_goal is None:
+                goal, has_goal = centre.new_zeros(rows.numel(), 2), torch.zeros_like(forced)
+            else:
+                goal, has_goal = batch.image_goal[rows].to(centre.dtype), batch.loss_mask["goal"][rows]
+            use = torch.cat([use, (has_goal & forced)[:, None]], dim=1)
+            centre = torch.cat([centre, goal[:, None]], dim=1)
+        return use, centre
+
+    def _keypoint_targets(self, batch: KIBatch, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """What keypoints 0 / 1 of `rows` are supervised onto: (tokens bool [B', 2, N], centres
+        [B', 2, 2] in [-1, 1]): the objects the instruction names first and second, or with
+        keypoint_goal, for keypoint 1, the token holding the frame's goal and the goal itself."""
+        c = self.config
         marked, centre = referred_objects(batch.image_labels[rows], batch.image_refs[rows],
                                           c.vision_labels, c.backbone.patch_size)  # fmt: skip
-        draw = torch.rand(rows.numel(), generator=generator).to(labelled.device)
-        use = marked.any(-1) & (labelled & (draw < c.keypoint_teacher_forcing))[:, None]
-        return use, centre
+        if not c.keypoint_goal or batch.image_goal is None:
+            return marked, centre
+        has = batch.loss_mask["goal"][rows]  # [B']
+        goal = batch.image_goal[rows].to(centre.dtype)  # [B', 2] (x, y) in [-1, 1]
+        g = batch.image_labels.shape[-1] // c.backbone.patch_size
+        cell = ((goal + 1) / 2 * g).long().clamp(0, g - 1)  # [B', 2] (column, row)
+        token = F.one_hot(cell[:, 1] * g + cell[:, 0], g * g).bool()  # [B', N]
+        marked = marked.clone()
+        marked[:, 1] = torch.where(has[:, None], token, marked[:, 1])
+        centre = centre.clone()
+        centre[:, 1] = torch.where(has[:, None], goal, centre[:, 1])
+        return marked, centre
 
     def image_word_logprobs(self, hidden: Tensor) -> Tensor:
         """Image tokens [B, N, W] -> float log-probabilities of the vocabulary [B, N, V] through the

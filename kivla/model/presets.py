@@ -93,6 +93,10 @@ class Perception:
     keypoint_supervision: bool = False  # keypoints 0 / 1 supervised onto the named objects, teacher-forced
     naming_loss: bool = False  # the naming loss on annotated robot frames trains the backbone's readout
     keypoint_peak: int = -1  # ExpertConfig.keypoint_peak: keypoints 0 / 1 as a local soft-argmax
+    goal_keypoint: bool = False  # KIPolicyConfig.keypoint_goal: keypoint 1 on where the target goes
+    goal_point: bool = False  # ExpertConfig.goal_point: a regressed goal after keypoints 0 / 1
+    keypoint_gain: float = 1.0  # ExpertConfig.keypoint_gain
+    keypoint_input: str = "token"  # ExpertConfig.keypoint_input
 
     def fields(self) -> dict[str, Any]:
         """The KIPolicyConfig overrides (with an `expert` dict) this perception sets."""
@@ -101,11 +105,15 @@ class Perception:
             fields.update(vision_weight=1.0, vision_labels=20, vision_readout="words")
         if self.keypoint_supervision:
             fields.update(keypoint_weight=1.0, keypoint_teacher_forcing=1.0, vision_labels=20)
+        if self.goal_keypoint:
+            fields["keypoint_goal"] = True
         if self.keypoints:
             fields["expert"] = dict(
                 keypoints=self.keypoints, keypoint_layer=-2, keypoints_follow_prompt=True,
                 keypoint_offsets=True, keypoint_prompt_pool="attention",
                 keypoint_naming=self.keypoint_naming, keypoint_peak=self.keypoint_peak,
+                goal_point=self.goal_point, keypoint_gain=self.keypoint_gain,
+                keypoint_input=self.keypoint_input,
             )  # fmt: skip
         return fields
 
@@ -128,6 +136,18 @@ PERCEPTIONS: Presets[Perception] = Presets("perception", [
     # a soft-argmax over the 3x3 tokens around their peak (keypoint_peak=1).
     Perception("naming_keypoints", state_input="token", keypoints=16, keypoint_naming=True,
                keypoint_supervision=True, naming_loss=True, keypoint_peak=1),
+    # Fourteenth round: the same, with keypoint 1 supervised onto where the demonstration takes the
+    # target (annotation.goal) rather than onto the second named object, so that the expert is told
+    # the named corner and the end of a push as it is told a place-on destination.
+    Perception("goal_keypoints", state_input="token", keypoints=16, keypoint_naming=True,
+               keypoint_supervision=True, naming_loss=True, keypoint_peak=1, goal_keypoint=True),
+    # Fourteenth round: the two supervised keypoints of naming_keypoints (no unsupervised ones)
+    # and one more point, the goal, regressed from the prompt and keypoints 0 / 1 (GoalPoint) and
+    # supervised on annotation.goal; the three points join the state's expert token, multiplied
+    # by 4 (the spread of the quantile-normalized state), as a privileged state would give them.
+    Perception("goal_point", state_input="token", keypoints=2, keypoint_naming=True,
+               keypoint_supervision=True, naming_loss=True, keypoint_peak=1, goal_point=True,
+               keypoint_gain=4.0, keypoint_input="state"),
 ])  # fmt: skip
 
 

@@ -47,7 +47,7 @@ class DemoConfig:
     train_steps: int = 900
     train_batch: int = 32
     lr: float = 1e-3
-    perception: str = "naming_keypoints"  # a name in kivla.model.presets.PERCEPTIONS
+    perception: str = "goal_point"  # a name in kivla.model.presets.PERCEPTIONS
     precision: str = "auto"
     eval_episodes: int = 48  # per split (train, ood), spread over the task families
     language_questions: int = 300

@@ -115,6 +115,22 @@ def test_naming_keypoints_perception_trains_and_acts(dataset, pretrained, tmp_pa
     assert np.isfinite(bundle.act(obs)).all()
 
 
+def test_goal_point_perception_trains_its_goal_and_acts(dataset, pretrained, tmp_path):
+    """The demo's perception: two keypoints and the goal point, joined to the state's token; the
+    world's dataset carries the goals it is supervised on."""
+    config = run_config(dataset, tmp_path / "goal", init=pretrained, perception="goal_point")
+    out = train_policy(config, progress=False)
+    assert all(r["loss/keypoint"] > 0 for r in out.history)
+    policy = PolicyBundle.load(out.checkpoints[-1]).policy
+    expert = policy.config.expert
+    assert expert.goal_point and expert.keypoints == 2 and expert.keypoint_input == "state"
+    assert policy.expert.state_in.in_features == policy.config.expert.state_dim + 2 * 3
+    bundle = PolicyBundle.load(out.checkpoints[-1])
+    env = VectorEnv(WorldConfig(image_size=IMAGE), 2)
+    obs, _ = env.reset([0, 1])
+    assert np.isfinite(bundle.act(obs)).all()
+
+
 def test_pretraining_can_start_with_the_stem_trained_alone(tmp_path):
     """`stem_steps`: the image stem learns the world's object labels first; its result is in run.json
     and the checkpoint starts language pretraining from that stem."""
