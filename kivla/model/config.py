@@ -208,6 +208,10 @@ class ExpertConfig:
     # supervised on the demonstrations' goals (`annotation.goal`) by the keypoint loss, teacher-forced
     # with the keypoints. Needs keypoints >= 2 and KIPolicyConfig.keypoint_weight > 0.
     goal_point: bool = False
+    # The backbone layer whose prompt values the goal point reads (negative: from the last; None:
+    # keypoint_layer). The first layer's taught it the corners faster offline, but not in closed
+    # loop (docs/learning.md, fourteenth round).
+    goal_layer: int | None = None
 
     def __post_init__(self) -> None:
         if not self.keypoint_gain > 0:

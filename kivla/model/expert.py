@@ -109,6 +109,12 @@ class ActionExpert(nn.Module):
                                               naming=c.keypoint_naming,
                                               peak=c.keypoint_peak)  # fmt: skip
             if c.goal_point:
+                self.goal_layer = c.keypoint_layer if c.goal_layer is None else c.goal_layer
+                if not -backbone.num_layers <= self.goal_layer < backbone.num_layers:
+                    raise ValueError(
+                        f"ExpertConfig.goal_layer: expected in [-{backbone.num_layers}, "
+                        f"{backbone.num_layers - 1}], got {c.goal_layer}"
+                    )
                 self.goal = GoalPoint(value_dim, backbone.image_grid)
             if c.keypoint_input == "token":
                 self.keypoints_in = nn.Linear(2 * num_points, c.width)
@@ -167,11 +173,11 @@ class ActionExpert(nn.Module):
     def points(self, cache: PrefixCache) -> Tensor:
         """The points the expert reads [B, K (+1), 2] in [-1, 1]: its keypoints, with the goal point
         (when it has one) third, after the target's and the second object's keypoints."""
-        values = cache.values[self.config.keypoint_layer]
-        points = self.keypoints(values, cache.valid, cache.image_naming)  # [B, K, 2]
+        c = self.config
+        points = self.keypoints(cache.values[c.keypoint_layer], cache.valid, cache.image_naming)  # [B, K, 2]
         if self.goal is None:
             return points
-        goal = self.goal(values, cache.valid, points[:, :2]).to(points.dtype)  # [B, 2]
+        goal = self.goal(cache.values[self.goal_layer], cache.valid, points[:, :2]).to(points.dtype)  # [B, 2]
         return torch.cat([points[:, :2], goal[:, None], points[:, 2:]], dim=1)
 
     def forward(

@@ -317,6 +317,9 @@ def test_goal_point_needs_keypoints_and_their_loss(config):
         dataclasses.replace(config.expert, keypoints=1, goal_point=True)
     with pytest.raises(ValueError, match=r"ExpertConfig\.goal_point"):
         recipe_config("ki", with_keypoints(config, k=2), vision_labels=5, expert={"goal_point": True})
+    with pytest.raises(ValueError, match=r"ExpertConfig\.goal_layer"):
+        KIPolicy(recipe_config("ki", with_keypoints(config, k=2), vision_labels=5, keypoint_weight=1.0,
+                               expert={"goal_point": True, "goal_layer": config.backbone.depth}))  # fmt: skip
 
 
 def test_goal_keypoint_needs_the_keypoint_loss(config):

@@ -421,7 +421,7 @@ class KIPolicy(nn.Module):
         if self.expert.goal is not None and batch.image_goal is not None:  # the goal point's error
             has_goal = batch.loss_mask["goal"][rows]  # [B']
             anchors = torch.where(has[..., None], centre, points.detach())  # true centres where known
-            goal = self.expert.goal(values, read.valid, anchors)  # [B', 2]
+            goal = self.expert.goal(read.values[self.expert.goal_layer], read.valid, anchors)  # [B', 2]
             total = total + (goal - batch.image_goal[rows].float()).pow(2).sum(-1) * has_goal
             count = count + has_goal
         return self._batch_mean(batch, "keypoint", total / count.clamp(min=1))
