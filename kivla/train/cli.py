@@ -70,7 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--perception", choices=PERCEPTIONS.names(),
         help="how the expert finds the named objects (default: prefix; naming_keypoints: keypoints "
-        "scored by the backbone's naming, docs/learning.md)",
+        "scored by the backbone's naming; goal_point: two of them and a goal regressed from the prompt, "
+        "the demo's; docs/learning.md)",
     )  # fmt: skip
     add_backbone_args(train)
     train.add_argument("--horizon", type=int, help="action chunk length H (default 50)")
