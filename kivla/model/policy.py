@@ -418,11 +418,11 @@ class KIPolicy(nn.Module):
         points = keypoints.points(weights, keypoints.offsets(values))  # [B', 2, 2]
         error = (points - centre).pow(2).sum(-1)  # [B', 2]
         total, count = ((-found.log() + error) * has).sum(-1), has.sum(-1).float()
-        if self.expert.goal is not None and batch.image_goal is not None:  # the goal point's error
-            has_goal = batch.loss_mask["goal"][rows]  # [B']
+        true_goal, has_goal = self._goals(batch, rows)
+        if self.expert.goal is not None and has_goal.any():  # the goal point's error
             anchors = torch.where(has[..., None], centre, points.detach())  # true centres where known
             goal = self.expert.goal(read.values[self.expert.goal_layer], read.valid, anchors)  # [B', 2]
-            total = total + (goal - batch.image_goal[rows].float()).pow(2).sum(-1) * has_goal
+            total = total + (goal - true_goal).pow(2).sum(-1) * has_goal
             count = count + has_goal
         return self._batch_mean(batch, "keypoint", total / count.clamp(min=1))
 
@@ -439,12 +439,9 @@ class KIPolicy(nn.Module):
         forced = labelled & (draw < c.keypoint_teacher_forcing)  # [B']
         use = marked.any(-1) & forced[:, None]
         if self.expert.goal is not None:  # the goal point is third (ActionExpert.points)
-            if batch.image_goal is None:
-                goal, has_goal = centre.new_zeros(rows.numel(), 2), torch.zeros_like(forced)
-            else:
-                goal, has_goal = batch.image_goal[rows].to(centre.dtype), batch.loss_mask["goal"][rows]
+            goal, has_goal = self._goals(batch, rows)
             use = torch.cat([use, (has_goal & forced)[:, None]], dim=1)
-            centre = torch.cat([centre, goal[:, None]], dim=1)
+            centre = torch.cat([centre, goal.to(centre.dtype)[:, None]], dim=1)
         return use, centre
 
     def _keypoint_targets(self, batch: KIBatch, rows: Tensor) -> tuple[Tensor, Tensor]:
@@ -454,10 +451,10 @@ class KIPolicy(nn.Module):
         c = self.config
         marked, centre = referred_objects(batch.image_labels[rows], batch.image_refs[rows],
                                           c.vision_labels, c.backbone.patch_size)  # fmt: skip
-        if not c.keypoint_goal or batch.image_goal is None:
+        goal, has = self._goals(batch, rows)
+        if not c.keypoint_goal or not has.any():
             return marked, centre
-        has = batch.loss_mask["goal"][rows]  # [B']
-        goal = batch.image_goal[rows].to(centre.dtype)  # [B', 2] (x, y) in [-1, 1]
+        goal = goal.to(centre.dtype)
         g = batch.image_labels.shape[-1] // c.backbone.patch_size
         cell = ((goal + 1) / 2 * g).long().clamp(0, g - 1)  # [B', 2] (column, row)
         token = F.one_hot(cell[:, 1] * g + cell[:, 0], g * g).bool()  # [B', N]
@@ -466,6 +463,14 @@ class KIPolicy(nn.Module):
         centre = centre.clone()
         centre[:, 1] = torch.where(has[:, None], goal, centre[:, 1])
         return marked, centre
+
+    @staticmethod
+    def _goals(batch: KIBatch, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """The frames' goals (x, y) in [-1, 1] float [B', 2] and which frames have one bool [B']
+        (none when the batch carries no goals)."""
+        if batch.image_goal is None:
+            return torch.zeros(rows.numel(), 2, device=rows.device), torch.zeros_like(rows, dtype=torch.bool)
+        return batch.image_goal[rows].float(), batch.loss_mask["goal"][rows]
 
     def image_word_logprobs(self, hidden: Tensor) -> Tensor:
         """Image tokens [B, N, W] -> float log-probabilities of the vocabulary [B, N, V] through the
