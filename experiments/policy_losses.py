@@ -239,6 +239,8 @@ def main() -> None:
     p.add_argument("--policy", default="{}")
     p.add_argument("--mixture", default="{}")
     p.add_argument("--grad-clip", type=float, default=TrainConfig.grad_clip, help="global norm")
+    p.add_argument("--backbone-lr-scale", type=float, default=TrainConfig.backbone_lr_scale,
+                   help="the backbone's learning rate relative to --lr")
     p.add_argument("--episodes", type=int, default=48)
     p.add_argument("--execute-steps", type=int, default=10)
     p.add_argument("--replan", type=int, nargs="+", help="with --only-probe: closed loop executing "
@@ -255,6 +257,7 @@ def main() -> None:
         return
     out = Path("runs/exp/policy") / args.name
     train = TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, grad_clip=args.grad_clip,
+                        backbone_lr_scale=args.backbone_lr_scale,
                         warmup_steps=max(1, args.steps // 20), save_every=args.steps, keep_last=1,
                         log_every=max(1, args.steps // 50), seed=args.seed)  # fmt: skip
     run = RunConfig(recipe=args.recipe, data=args.data, out=out, init=args.init, train=train,

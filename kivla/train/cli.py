@@ -86,6 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--grad-accum", type=int)
     train.add_argument("--warmup-steps", type=int)
     train.add_argument("--grad-clip", type=float)
+    train.add_argument("--backbone-lr-scale", type=float, help="the backbone's lr relative to --lr")
     train.add_argument("--ema-decay", type=float, help="0 turns EMA off")
     train.add_argument("--precision", choices=("auto", "fp32", "bf16"))
     train.add_argument("--compile", action="store_true", default=None, help="torch.compile the policy")
@@ -99,8 +100,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # TrainConfig fields that have a flag of the same name (--ema-decay is handled apart: 0 turns EMA off).
-TRAIN_FLAGS = ("steps", "batch_size", "lr", "seed", "grad_accum", "warmup_steps", "grad_clip", "precision",
-               "compile", "strategy", "save_every", "keep_last", "log_every", "stop_at")  # fmt: skip
+TRAIN_FLAGS = ("steps", "batch_size", "lr", "backbone_lr_scale", "seed", "grad_accum", "warmup_steps",
+               "grad_clip", "precision", "compile", "strategy", "save_every", "keep_last", "log_every",
+               "stop_at")  # fmt: skip
 
 
 def build_run_config(args: argparse.Namespace):

@@ -2,10 +2,10 @@ import argparse
 
 import pytest
 
-from kivla.cli import main
+from kivla.cli import build_parser, main
 from kivla.data.world_dataset import generate_dataset
 from kivla.train.checkpoint import list_checkpoints
-from kivla.train.cli import _parse_mix
+from kivla.train.cli import _parse_mix, build_run_config
 
 
 def test_mix_parsing_names_the_bad_part():
@@ -34,3 +34,10 @@ def test_train_errors_are_one_line(tmp_path, capsys):
     assert "--data: a LeRobot dataset directory is required" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_optimizer_flags_reach_the_run_config(tmp_path):
+    flags = ["--lr", "2e-3", "--backbone-lr-scale", "0.1", "--grad-clip", "0.5"]
+    args = build_parser().parse_args(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), *flags])
+    train = build_run_config(args).train
+    assert (train.lr, train.backbone_lr_scale, train.grad_clip) == (2e-3, 0.1, 0.5)

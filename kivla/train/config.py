@@ -12,6 +12,8 @@ class TrainConfig:
     batch_size: int = 32  # global batch: all ranks and all accumulation micro-steps together
     grad_accum: int = 1  # micro-steps per optimizer step
     lr: float = 3e-4
+    # the backbone's parameters (names under `backbone.`) learn at lr x this; 1: one rate for all
+    backbone_lr_scale: float = 1.0
     weight_decay: float = 0.01
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1  # cosine decays to this fraction of lr
@@ -42,6 +44,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name}: expected >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr: expected > 0, got {self.lr}")
+        if not self.backbone_lr_scale > 0:  # also rejects NaN
+            raise ValueError(f"TrainConfig.backbone_lr_scale: expected > 0, got {self.backbone_lr_scale}")
         if self.warmup_steps < 0:
             raise ValueError(f"TrainConfig.warmup_steps: expected >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:

@@ -75,17 +75,22 @@ def ema_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor]
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not on norms, biases or gains)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    """AdamW; weight decay on matrices only (not on norms, biases or gains); the backbone's
+    parameters (names under `backbone.`) at `lr * backbone_lr_scale`."""
+    named = [(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad]
+    if not named:
         raise ValueError("model: no trainable parameters (is everything frozen?)")
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=(0.9, 0.95))
+    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}  # (lr, decay) -> params in order
+    for name, p in named:
+        lr = config.lr * (config.backbone_lr_scale if name.startswith("backbone.") else 1.0)
+        groups.setdefault((lr, p.ndim >= 2), []).append(p)
+    for key in sorted(groups, key=lambda k: (k[0] != config.lr, not k[1])):  # lr's matrices first
+        groups[key] = groups.pop(key)
+    return torch.optim.AdamW(
+        [{"params": ps, "lr": lr, "weight_decay": config.weight_decay if decay else 0.0}
+         for (lr, decay), ps in groups.items()],
+        lr=config.lr, betas=(0.9, 0.95),
+    )  # fmt: skip
 
 
 class Trainer:

@@ -5,7 +5,7 @@ import torch
 
 from kivla.train.checkpoint import list_checkpoints
 from kivla.train.config import TrainConfig
-from kivla.train.loop import NonFiniteLossError, Trainer
+from kivla.train.loop import NonFiniteLossError, Trainer, make_optimizer
 from kivla.train.metrics import read_metrics
 
 
@@ -103,11 +103,31 @@ def test_resume_without_checkpoint_names_the_directory(tmp_path):
         ("ema_decay", 1.5),
         ("stop_at", 99),
         ("strategy", "zero"),
+        ("backbone_lr_scale", 0.0),
     ],
 )
 def test_config_errors_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"TrainConfig.{field}"):
         cfg(**{field: value})
+
+
+class TwoPart(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = torch.nn.LayerNorm(3)
+        self.expert = Toy()
+
+
+def test_backbone_learns_at_its_own_rate():
+    model = TwoPart()
+    one = make_optimizer(model, cfg())  # one rate: two groups (matrices decayed, the rest not)
+    assert [(g["lr"], g["weight_decay"], len(g["params"])) for g in one.param_groups] == [
+        (1e-2, 0.01, 1), (1e-2, 0.0, 5)]  # fmt: skip
+    split = make_optimizer(model, cfg(backbone_lr_scale=0.1))
+    rates = {id(p): g["lr"] for g in split.param_groups for p in g["params"]}
+    assert all(rates[id(p)] == pytest.approx(1e-3) for p in model.backbone.parameters())
+    assert all(rates[id(p)] == 1e-2 for p in model.expert.parameters())
+    assert split.param_groups[0]["lr"] == 1e-2  # the logged rate stays the run's lr
 
 
 def test_batch_must_split_over_ranks():
