@@ -44,7 +44,7 @@ class DemoConfig:
     pretrain_batch: int = 32
     pretrain_lr: float = 2e-3
     stem_steps: int = WORLD_STEM_STEPS  # the image stem trained alone first (kivla.train.stem)
-    train_steps: int = 900
+    train_steps: int = 1200  # ki steps (docs/learning.md, fifteenth round: 1,200 of the long run beat 900)
     train_batch: int = 32
     lr: float = 1e-3
     perception: str = "goal_point"  # a name in kivla.model.presets.PERCEPTIONS
@@ -64,7 +64,7 @@ class DemoConfig:
 
 
 DEMOS: Presets[DemoConfig] = Presets("demo", [
-    # `make demo`: ~14 minutes on 2 CPU cores (docs/results/demo.json).
+    # `make demo`: ~18 minutes on 2 CPU cores (docs/results/demo.json).
     DemoConfig("demo"),
     # `kivla demo --quick`: a smoke run of every stage in a few minutes; the numbers mean nothing.
     DemoConfig("quick", episodes=20, val_episodes=4, size="test", pretrain_steps=20, pretrain_batch=8,
