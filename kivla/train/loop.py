@@ -84,11 +84,11 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
     for name, p in named:
         lr = config.lr * (config.backbone_lr_scale if name.startswith("backbone.") else 1.0)
         groups.setdefault((lr, p.ndim >= 2), []).append(p)
-    for key in sorted(groups, key=lambda k: (k[0] != config.lr, not k[1])):  # lr's matrices first
-        groups[key] = groups.pop(key)
+    # the run's lr first, matrices before the rest: at scale 1 the groups of a single-rate optimizer
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0][0] != config.lr, not kv[0][1]))
     return torch.optim.AdamW(
         [{"params": ps, "lr": lr, "weight_decay": config.weight_decay if decay else 0.0}
-         for (lr, decay), ps in groups.items()],
+         for (lr, decay), ps in ordered],
         lr=config.lr, betas=(0.9, 0.95),
     )  # fmt: skip
 
