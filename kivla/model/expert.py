@@ -40,6 +40,12 @@ class ExpertContext:
     keypoint_state: Tensor | None = None  # [B, 2 x points] when they join the state's token
 
 
+def _check_layer(field: str, layer: int, num_layers: int) -> None:
+    """`ExpertConfig.<field>` must index one of the backbone's layers (negative from the end)."""
+    if not -num_layers <= layer < num_layers:
+        raise ValueError(f"ExpertConfig.{field}: expected in [-{num_layers}, {num_layers - 1}], got {layer}")
+
+
 class ExpertLayer(nn.Module):
     def __init__(self, config: ExpertConfig, num_kv_heads: int, head_dim: int) -> None:
         super().__init__()
@@ -96,11 +102,7 @@ class ActionExpert(nn.Module):
                     f"ExpertConfig.keypoints: needs a backbone whose prefix starts with a square grid of "
                     f"image tokens; {type(backbone).__name__} has none (use keypoints=0)"
                 )
-            if not -backbone.num_layers <= c.keypoint_layer < backbone.num_layers:
-                raise ValueError(
-                    f"ExpertConfig.keypoint_layer: expected in [-{backbone.num_layers}, "
-                    f"{backbone.num_layers - 1}], got {c.keypoint_layer}"
-                )
+            _check_layer("keypoint_layer", c.keypoint_layer, backbone.num_layers)
             value_dim = backbone.num_kv_heads * backbone.head_dim
             self.keypoints = SpatialKeypoints(c.keypoints, value_dim, backbone.image_grid,
                                               conditioned=c.keypoints_follow_prompt,
@@ -110,11 +112,7 @@ class ActionExpert(nn.Module):
                                               peak=c.keypoint_peak)  # fmt: skip
             if c.goal_point:
                 self.goal_layer = c.keypoint_layer if c.goal_layer is None else c.goal_layer
-                if not -backbone.num_layers <= self.goal_layer < backbone.num_layers:
-                    raise ValueError(
-                        f"ExpertConfig.goal_layer: expected in [-{backbone.num_layers}, "
-                        f"{backbone.num_layers - 1}], got {c.goal_layer}"
-                    )
+                _check_layer("goal_layer", self.goal_layer, backbone.num_layers)
                 self.goal = GoalPoint(value_dim, backbone.image_grid)
             if c.keypoint_input == "token":
                 self.keypoints_in = nn.Linear(2 * num_points, c.width)
