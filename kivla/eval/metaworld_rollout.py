@@ -30,7 +30,7 @@ from kivla.data.metaworld_env import (
     MetaWorldEnv,
 )
 from kivla.data.metaworld_tasks import DIFFICULTY, GROUP_OF, MT10, resolve_tasks
-from kivla.eval.rollout import Policy, check_chunk
+from kivla.eval.rollout import Policy, check_chunk, success_interval
 from kivla.io import atomic_file, write_json, write_text
 
 EVAL_SEED = 1  # Meta-World benchmark seed of evaluation episodes (datasets default to 0)
@@ -122,19 +122,22 @@ class MetaWorldEvalResult:
 
 
 def _rates(rows: list[MetaWorldEpisode]) -> dict[str, Any]:
+    """Rates of `rows` (non-empty); mean_success_length is None (JSON null) without a success."""
     wins = [e.length for e in rows if e.success]
     return {
         "episodes": len(rows),
-        "success_rate": float(np.mean([e.success for e in rows])) if rows else float("nan"),
-        "mean_length": float(np.mean([e.length for e in rows])) if rows else float("nan"),
-        "mean_success_length": float(np.mean(wins)) if wins else float("nan"),
+        "success_rate": float(np.mean([e.success for e in rows])),
+        "success_ci95": success_interval(len(wins), len(rows)),
+        "mean_length": float(np.mean([e.length for e in rows])),
+        "mean_success_length": float(np.mean(wins)) if wins else None,
     }
 
 
 def _row(name: str, group: str, r: dict[str, Any]) -> str:
+    wins = r["mean_success_length"]
     return (
         f"| {name} | {group} | {r['episodes']} | {r['success_rate']:.1%} | {r['mean_length']:.1f} "
-        f"| {r['mean_success_length']:.1f} |"
+        f"| {'–' if wins is None else f'{wins:.1f}'} |"
     )
 
 

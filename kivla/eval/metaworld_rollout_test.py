@@ -29,7 +29,11 @@ def test_expert_succeeds_and_saves_a_video(tmp_path):
 def test_random_runs_to_the_limit_and_bad_chunks_raise():
     config = MetaWorldEvalConfig(tasks=("push",), episodes=2, num_envs=1, max_steps=15, image_size=64)
     result = evaluate_metaworld(MetaWorldRandomPolicy(seed=0), config)
-    assert [e.length for e in result.episodes] == [15, 15] and result.summary()["all"]["success_rate"] == 0.0
+    everything = result.summary()["all"]
+    assert [e.length for e in result.episodes] == [15, 15] and everything["success_rate"] == 0.0
+    # no success: no mean success length (JSON null, a dash in the table), a 0-based interval
+    assert everything["mean_success_length"] is None and everything["success_ci95"][0] == 0.0
+    assert "| **all** |  | 2 | 0.0% | 15.0 | – |" in result.markdown()
 
     class Bad:
         def act(self, obs):
