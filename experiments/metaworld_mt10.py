@@ -60,7 +60,7 @@ def run_stages(args: argparse.Namespace, out: Path) -> None:
 def training_row(out: Path, recipe: str, timing: dict) -> dict:
     run = json.loads((out / recipe / "run.json").read_text())["run"]
     last = json.loads((out / recipe / "metrics.jsonl").read_text().splitlines()[-1])
-    losses = {k.split("/")[1]: round(v, 4) for k, v in last.items() if k.startswith("loss/")}
+    losses = {k.split("/")[1]: round(v, 4) for k, v in last.items() if k.startswith("loss/") and v}
     return {"recipe": recipe, "steps": last["step"], "batch_size": run["train"]["batch_size"],
             "lr": run["train"]["lr"], "train_seconds": timing.get(f"train_{recipe}"),
             "eval_seconds": timing.get(f"eval_{recipe}"), "final_losses": losses}  # fmt: skip
@@ -90,7 +90,7 @@ def report(args: argparse.Namespace, out: Path) -> None:
         "Expert and random: docs/results/metaworld_bounds.json.", "",
         comparison_markdown(summaries),
         "### Training", "",
-        "| recipe | steps | batch | lr | train time | eval time | final losses |",
+        "| recipe | steps | batch | lr | train time | eval time | losses at the last logged step |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]  # fmt: skip
     for t in training:

@@ -239,8 +239,12 @@ def main() -> None:
     p.add_argument("--policy", default="{}")
     p.add_argument("--mixture", default="{}")
     p.add_argument("--grad-clip", type=float, default=TrainConfig.grad_clip, help="global norm")
-    p.add_argument("--backbone-lr-scale", type=float, default=TrainConfig.backbone_lr_scale,
-                   help="the backbone's learning rate relative to --lr")
+    p.add_argument(
+        "--backbone-lr-scale",
+        type=float,
+        default=TrainConfig.backbone_lr_scale,
+        help="the backbone's learning rate relative to --lr",
+    )
     p.add_argument("--episodes", type=int, default=48)
     p.add_argument("--execute-steps", type=int, default=10)
     p.add_argument("--replan", type=int, nargs="+", help="with --only-probe: closed loop executing "

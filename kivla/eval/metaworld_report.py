@@ -2,8 +2,8 @@
 
 Reads what `kivla eval --env metaworld` writes (`eval.json` / `report.json`, or a file holding
 several under "policies", as docs/results/metaworld_bounds.json does) and writes one markdown
-table of success rates (the overall row with its 95% Wilson interval) and one of mean episode
-lengths (a failure counts as the step limit).
+table of success rates (the overall row with its 95% Wilson interval; tasks in MT10's order) and
+one of mean episode lengths (a failure counts as the step limit).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kivla.data.metaworld_tasks import DIFFICULTY, GROUP_OF
+from kivla.data.metaworld_tasks import DIFFICULTY, GROUP_OF, MT10
+from kivla.eval.rollout import success_interval
 
 
 def load_summary(path: str | Path, policy: str | None = None) -> dict[str, Any]:
@@ -41,16 +42,21 @@ def _length(rates: dict[str, Any] | None) -> str:
 
 
 def _overall(rates: dict[str, Any]) -> str:
-    low, high = rates.get("success_ci95") or (None, None)
-    ci = "" if low is None else f" ({low:.0%}–{high:.0%})"
-    return f"**{rates['success_rate']:.1%}**{ci}"
+    n = rates["episodes"]
+    low, high = success_interval(round(rates["success_rate"] * n), n)
+    return f"**{rates['success_rate']:.1%}** ({low:.0%}–{high:.0%})"
+
+
+def _task_order(task: str) -> tuple[int, str]:
+    """MT10's tasks in MT10's order, then the others by name."""
+    return (MT10.index(task) if task in MT10 else len(MT10), task)
 
 
 def comparison_markdown(summaries: dict[str, dict[str, Any]]) -> str:
     """Two tables (success, mean length) with a column per policy of `summaries` {name: summary}:
     the union of their tasks, then the difficulty groups, then all episodes."""
     columns = list(summaries.values())
-    tasks = list(dict.fromkeys(t for s in columns for t in s["tasks"]))
+    tasks = sorted({t for s in columns for t in s["tasks"]}, key=_task_order)
     groups = [g for g in DIFFICULTY if any(g in s["groups"] for s in columns)]
     head = "| task | group | " + " | ".join(summaries) + " |"
     rule = "|---|---|" + "---:|" * len(columns)

@@ -219,7 +219,12 @@ def check_chunk(actions: np.ndarray, batch: int, action_dim: int = ACTION_DIM) -
 
 
 def run_batch(
-    policy: Policy, env: VectorEnv, seeds: list[int], options: dict, config: EvalConfig, record: bool = False,
+    policy: Policy,
+    env: VectorEnv,
+    seeds: list[int],
+    options: dict,
+    config: EvalConfig,
+    record: bool = False,
     watch: Callable[[Any], Any] | None = None,
 ) -> tuple[list[dict], list[np.ndarray]]:
     """Run one batch of episodes to the end; per-env dicts and, when `record`, env 0's frames.
