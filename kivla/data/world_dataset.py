@@ -57,7 +57,13 @@ def generate_dataset(
     # An interruption (KeyboardInterrupt included) leaves nothing half-written behind.
     with atomic_directory(out_dir) as tmp:
         with LeRobotWriter(
-            tmp, FPS, image_size, ACTION_NAMES, world.state_names, video, frames_per_file,
+            tmp,
+            FPS,
+            image_size,
+            ACTION_NAMES,
+            world.state_names,
+            video,
+            frames_per_file,
             video_codec=video_codec,
         ) as writer:
             bar = episode_progress(episodes, progress)

@@ -136,8 +136,10 @@ class BackboneConfig:
                 f"got {self.naming_heads}"
             )
         if self.naming_labels and self.kind != "tiny":
-            raise ValueError(f"BackboneConfig.naming_labels: only the tiny backbone has naming attention, "
-                             f"got kind {self.kind!r}")
+            raise ValueError(
+                f"BackboneConfig.naming_labels: only the tiny backbone has naming attention, "
+                f"got kind {self.kind!r}"
+            )
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"BackboneConfig.num_kv_heads: must divide num_heads={self.num_heads}, "

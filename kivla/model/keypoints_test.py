@@ -63,9 +63,16 @@ def test_peak_reads_the_mode_of_a_softmax_split_between_two_objects():
     assert torch.equal(points[0][1], torch.zeros(3, 2))  # no image: the centre, as before
 
 
-@pytest.mark.parametrize("keypoint_input,naming,peak",
-                         [("token", False, -1), ("norm", False, -1), ("state", False, -1),
-                          ("token", True, -1), ("token", True, 1)])
+@pytest.mark.parametrize(
+    "keypoint_input,naming,peak",
+    [
+        ("token", False, -1),
+        ("norm", False, -1),
+        ("state", False, -1),
+        ("token", True, -1),
+        ("token", True, 1),
+    ],
+)
 def test_insulated_flow_loss_with_keypoints_leaves_the_backbone_untouched(builder, config, keypoint_input,
                                                                           naming, peak):  # fmt: skip
     torch.manual_seed(0)
@@ -120,7 +127,7 @@ def test_keypoints_enter_with_their_gain_and_alone_without_image_attention(build
         policy.expert.keypoints.score.weight.normal_(0, 5.0)  # keypoints away from the centre
     cache = policy.encode_prefix(batch)
     plain = policy.expert.context(cache, 4, torch.float32)
-    n = policy.expert.keypoints.grid ** 2
+    n = policy.expert.keypoints.grid**2
     assert torch.isfinite(plain.mask[..., :n]).all()  # the expert reads the image by default
     policy.expert.config = dataclasses.replace(policy.expert.config, keypoint_gain=4.0, attend_image=False)
     scaled = policy.expert.context(cache, 4, torch.float32)

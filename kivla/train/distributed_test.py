@@ -42,7 +42,13 @@ def train(run_dir):
     # fp32: the equality with one process is exact only without bf16 rounding (auto picks bf16 on
     # CPUs with native bf16 matmuls).
     config = TrainConfig(
-        steps=6, batch_size=GLOBAL_BATCH, lr=0.05, warmup_steps=0, log_every=1, save_every=6, ema_decay=None,
+        steps=6,
+        batch_size=GLOBAL_BATCH,
+        lr=0.05,
+        warmup_steps=0,
+        log_every=1,
+        save_every=6,
+        ema_decay=None,
         precision="fp32",
     )
     ctx = init_distributed("cpu")

@@ -64,9 +64,18 @@ def shard(step, micro, rank, world, n):
 
 
 def config(**kw):
-    base = dict(steps=STEPS, batch_size=GLOBAL_BATCH, grad_accum=1, lr=0.05, warmup_steps=2,
-                log_every=1, save_every=3, ema_decay=None, strategy="fsdp",
-                precision="fp32")  # fmt: skip  (exact equality needs no bf16 rounding)
+    base = dict(
+        steps=STEPS,
+        batch_size=GLOBAL_BATCH,
+        grad_accum=1,
+        lr=0.05,
+        warmup_steps=2,
+        log_every=1,
+        save_every=3,
+        ema_decay=None,
+        strategy="fsdp",
+        precision="fp32",
+    )  # fmt: skip  (exact equality needs no bf16 rounding)
     return TrainConfig(**{**base, **kw})
 
 

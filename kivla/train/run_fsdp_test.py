@@ -18,8 +18,17 @@ from kivla.train.testing import run_ranks
 
 
 def config(data, out, **train):
-    train = TrainConfig(steps=3, batch_size=8, warmup_steps=0, log_every=1, save_every=3, ema_decay=None,
-                        strategy="fsdp", precision="fp32", **train)  # fmt: skip  (exact: no bf16)
+    train = TrainConfig(
+        steps=3,
+        batch_size=8,
+        warmup_steps=0,
+        log_every=1,
+        save_every=3,
+        ema_decay=None,
+        strategy="fsdp",
+        precision="fp32",
+        **train,
+    )  # fmt: skip  (exact: no bf16)
     mixture = MixtureConfig(robot=0.6, caption=0.1, vqa=0.2, text=0.1)
     return RunConfig(recipe="ki", data=data, out=out, size="test", horizon=8, tokenizer_fit_chunks=200,
                      mixture=mixture, train=train)  # fmt: skip

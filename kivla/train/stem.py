@@ -67,8 +67,10 @@ def pretrain_stem(backbone: TinyVLM, config: StemPretrainConfig, progress: bool 
     device = next(backbone.parameters()).device
     if c.naming_labels:  # the backbone's own object head (naming attention) learns the classes
         if c.naming_labels != NUM_LABELS:
-            raise ValueError(f"BackboneConfig.naming_labels: the world has {NUM_LABELS} label classes, "
-                             f"got {c.naming_labels}")
+            raise ValueError(
+                f"BackboneConfig.naming_labels: the world has {NUM_LABELS} label classes, "
+                f"got {c.naming_labels}"
+            )
         head, read = backbone.naming.object_head, backbone.naming.object_logits
     else:
         with torch.random.fork_rng():  # a seeded head that leaves the global generator as it was
