@@ -3,6 +3,7 @@ scratch on it, each evaluated closed loop, and docs/results/metaworld.md + .json
 the per-task table beside the expert and random bounds.
 
     python experiments/metaworld_mt10.py --out runs/mt10                # everything (~2 h on 2 cores)
+    python experiments/metaworld_mt10.py --out runs/mt10 --recipes ki naive frozen stopgrad
     python experiments/metaworld_mt10.py --out runs/mt10 --report-only  # the tables from finished runs
 
 Each stage is the `kivla` command docs/metaworld.md shows; a stage whose output exists is
@@ -77,16 +78,17 @@ def report(args: argparse.Namespace, out: Path) -> None:
     summaries["random"] = load_summary(args.bounds, policy="random")
     training = [training_row(out, r, timing) for r in args.recipes]
     data_info = json.loads((out / "data" / "meta" / "info.json").read_text())
+    run = f"python experiments/metaworld_mt10.py --out {out} --recipes {' '.join(args.recipes)}"
     lines = [
-        "# Meta-World MT10: ki, naive and frozen, trained from scratch on 2 CPU cores", "",
-        f"Written by `python experiments/metaworld_mt10.py --out {out} --report-only` from the runs of "
-        f"`python experiments/metaworld_mt10.py --out {out}` (docs/metaworld.md). Data: "
+        f"# Meta-World MT10: {', '.join(args.recipes)}, trained from scratch on 2 CPU cores", "",
+        f"Written by `{run} --report-only` from the runs of `{run}` (docs/metaworld.md). Data: "
         f"{data_info['total_episodes']} scripted-expert episodes ({args.episodes} a task, benchmark "
         f"seed 0), {data_info['total_frames']} frames, corner4 camera at {args.image_size} px, 4-d "
         "hand state, one instruction a task. Evaluation: 10 episodes a task on benchmark seed 1 "
         "(placements not in the data), 500-step limit, 10 actions of each 50-step chunk executed "
-        "before replanning. The `tiny` size (~5M parameters) with a randomly initialized backbone, "
-        "co-trained with the world's captions / VQA / text at the default mixture (robot 0.7). "
+        "before replanning. The `tiny` size (~5M parameters) with a randomly initialized backbone "
+        "(`frozen` keeps it at those random weights), co-trained with the world's captions / VQA / "
+        "text at the default mixture (robot 0.7). "
         "Expert and random: docs/results/metaworld_bounds.json.", "",
         comparison_markdown(summaries),
         "### Training", "",
