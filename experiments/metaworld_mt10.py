@@ -21,6 +21,7 @@ from pathlib import Path
 
 from kivla.eval.metaworld_report import comparison_markdown, load_summary
 from kivla.io import write_json, write_text
+from kivla.pipelines.stages import finished_run
 
 # Published MT50 averages quoted by the Meta-World issue: other models, other budgets.
 PUBLISHED_MT50 = (
@@ -37,8 +38,8 @@ def run_stages(args: argparse.Namespace, out: Path) -> None:
     timing_path = out / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
 
-    def stage(name: str, done: Path, *command: str) -> None:
-        if done.exists():
+    def stage(name: str, done: bool, *command: str) -> None:
+        if done:
             return
         start = time.perf_counter()
         kivla(*command)
@@ -46,14 +47,15 @@ def run_stages(args: argparse.Namespace, out: Path) -> None:
         write_json(timing_path, timing)
 
     data = out / "data"
-    stage("generate", data, "metaworld", "generate", "--tasks", "mt10", "--episodes", str(args.episodes),
-          "--image-size", str(args.image_size), "--camera", "corner4", "--out", str(data))  # fmt: skip
+    stage("generate", data.exists(), "metaworld", "generate", "--tasks", "mt10",
+          "--episodes", str(args.episodes), "--image-size", str(args.image_size), "--camera", "corner4",
+          "--out", str(data))  # fmt: skip
     for recipe in args.recipes:
-        stage(f"train_{recipe}", out / recipe / "checkpoints" / f"step_{args.steps:08d}",
+        stage(f"train_{recipe}", finished_run(out / recipe, args.steps) is not None,
               "train", "--recipe", recipe, "--data", str(data), "--out", str(out / recipe),
               "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
               "--save-every", str(args.steps), "--log-every", "20", "--no-progress")  # fmt: skip
-        stage(f"eval_{recipe}", out / f"eval_{recipe}" / "eval.json",
+        stage(f"eval_{recipe}", (out / f"eval_{recipe}" / "eval.json").is_file(),
               "eval", "--env", "metaworld", "--tasks", "mt10", "--episodes", str(args.eval_episodes),
               "--policy", str(out / recipe), "--out", str(out / f"eval_{recipe}"))  # fmt: skip
 
@@ -84,7 +86,8 @@ def report(args: argparse.Namespace, out: Path) -> None:
         f"Written by `{run} --report-only` from the runs of `{run}` (docs/metaworld.md). Data: "
         f"{data_info['total_episodes']} scripted-expert episodes ({args.episodes} a task, benchmark "
         f"seed 0), {data_info['total_frames']} frames, corner4 camera at {args.image_size} px, 4-d "
-        "hand state, one instruction a task. Evaluation: 10 episodes a task on benchmark seed 1 "
+        f"hand state, one instruction a task. Evaluation: {args.eval_episodes} episodes a task on "
+        "benchmark seed 1 "
         "(placements not in the data), 500-step limit, 10 actions of each 50-step chunk executed "
         "before replanning. The `tiny` size (~5M parameters) with a randomly initialized backbone "
         "(`frozen` keeps it at those random weights), co-trained with the world's captions / VQA / "

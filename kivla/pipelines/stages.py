@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kivla.io import write_json
-from kivla.train.checkpoint import latest_checkpoint
+from kivla.train.checkpoint import checkpoint_dir, latest_checkpoint
 
 
 class Stages:
@@ -40,8 +40,9 @@ class Stages:
 
 def finished_run(run_dir: Path, steps: int) -> Path | None:
     """The checkpoint of a training run that reached `steps`, or None."""
-    ckpt = latest_checkpoint(Path(run_dir) / "checkpoints")
-    return ckpt if ckpt is not None and ckpt.name == f"step_{steps:08d}" else None
+    root = Path(run_dir) / "checkpoints"
+    ckpt = latest_checkpoint(root)
+    return ckpt if ckpt == checkpoint_dir(root, steps) else None
 
 
 def world_dataset(root: Path, episodes: int, image_size: int, seed: int, video: bool, progress: bool) -> Path:

@@ -61,6 +61,11 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def checkpoint_dir(checkpoint_root: str | Path, step: int) -> Path:
+    """Where checkpoint `step` lives under `checkpoint_root` (`step_00001200`)."""
+    return Path(checkpoint_root) / f"step_{step:08d}"
+
+
 def save_checkpoint(
     checkpoint_root: str | Path,
     step: int,
@@ -78,7 +83,7 @@ def save_checkpoint(
     Every rank must call this (gathering a sharded state dict is collective); only the ranks with
     `write=True` (the main process) touch the disk.
     """
-    target = Path(checkpoint_root) / f"step_{step:08d}"
+    target = checkpoint_dir(checkpoint_root, step)
     if optimizer is not None:
         model_state, optim_state = get_state_dict(model, optimizer, options=_FULL)
     else:
