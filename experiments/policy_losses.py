@@ -245,6 +245,10 @@ def main() -> None:
         default=TrainConfig.backbone_lr_scale,
         help="the backbone's learning rate relative to --lr",
     )
+    p.add_argument(
+        "--backbone-every", type=int, default=1,
+        help="the backbone's losses every N-th step, the expert's alone between (RunConfig)",
+    )  # fmt: skip
     p.add_argument("--episodes", type=int, default=48)
     p.add_argument("--execute-steps", type=int, default=10)
     p.add_argument("--replan", type=int, nargs="+", help="with --only-probe: closed loop executing "
@@ -265,7 +269,7 @@ def main() -> None:
                         warmup_steps=max(1, args.steps // 20), save_every=args.steps, keep_last=1,
                         log_every=max(1, args.steps // 50), seed=args.seed)  # fmt: skip
     run = RunConfig(recipe=args.recipe, data=args.data, out=out, init=args.init, train=train,
-                    perception=args.perception,
+                    perception=args.perception, backbone_every=args.backbone_every,
                     mixture=MixtureConfig(**json.loads(args.mixture)),
                     policy_overrides=json.loads(args.policy))  # fmt: skip
     start = time.time()

@@ -55,6 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="read the policy's keypoints 0 / 1 as a soft-argmax over the tokens within R grid cells "
         "of their peak (-1: the plain spatial softmax; default: the policy's ExpertConfig.keypoint_peak)",
     )  # fmt: skip
+    ev.add_argument(
+        "--weights", choices=("auto", "ema", "model"), default="auto",
+        help="the policy's weights: its EMA when it has them (auto), the EMA, or the raw weights",
+    )  # fmt: skip
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--api-key", help="with --server: its API key (default: $KIVLA_API_KEY)")
     ev.add_argument("--json", action="store_true", help="print the results as one JSON object")
@@ -100,7 +104,7 @@ def run_eval(args: argparse.Namespace) -> int:
         from kivla.train.checkpoint import resolve_policy_dir
 
         path = resolve_policy_dir(args.policy)
-        bundle = PolicyBundle.load(path)
+        bundle = PolicyBundle.load(path, weights=args.weights)
         if args.keypoint_peak is not None:
             bundle.set_keypoint_peak(args.keypoint_peak)
         policy = BundlePolicy(bundle, seed=args.seed)

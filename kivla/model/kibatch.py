@@ -35,6 +35,9 @@ class KIBatch:
     flow_time: Tensor | None = None  # float32 [B, k]
     # Examples carrying each loss per shard of the global batch (see KIPolicy._batch_mean).
     loss_denominator: dict[str, float] | None = None
+    # An expert step (`RunConfig.backbone_every`): only the expert's losses (flow, keypoint) are
+    # computed, and an insulated backbone runs without a graph.
+    expert_only: bool = False
 
     @property
     def batch_size(self) -> int:

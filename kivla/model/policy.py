@@ -8,6 +8,7 @@ reuses its K/V for every Euler step.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -213,13 +214,21 @@ class KIPolicy(nn.Module):
             weight = getattr(c, f"{name}_weight")
             wants[name] = weight > 0 and batch.image_labels is not None and bool(labelled.any())
         wants["ground"] = wants["ground"] and (wants["lm"] or c.ground_queries == "names")
+        if batch.expert_only:
+            wants = {k: v and k == "keypoint" for k, v in wants.items()}
         attention_layers = self.ground_layers if wants["ground"] else ()
         layers = {c.vision_layer for n in ("vision", "where") if wants[n]} | (
             {c.refer_layer} if wants["refer"] else set()
         )
-        out = self._encode(batch, with_suffix=wants["fast"] or wants["lm"],
-                           image_hidden_layers=tuple(sorted(layers)),
-                           attention_layers=attention_layers)  # fmt: skip
+        # Only the expert's losses (e.g. an expert step, `KIBatch.expert_only`): an insulated or
+        # frozen backbone gets no gradient from them, so its pass records no graph.
+        backbone_learns = not (c.insulate or c.freeze_backbone) or any(
+            v for k, v in wants.items() if k != "keypoint"
+        )
+        with contextlib.nullcontext() if backbone_learns else torch.no_grad():
+            out = self._encode(batch, with_suffix=wants["fast"] or wants["lm"],
+                               image_hidden_layers=tuple(sorted(layers)),
+                               attention_layers=attention_layers)  # fmt: skip
         zero = batch.images.new_zeros(())
         parts = {
             "flow": self._flow_loss(batch, out.cache, generator, flow_time) if c.flow_weight > 0 else zero
@@ -238,6 +247,8 @@ class KIPolicy(nn.Module):
         total = c.flow_weight * parts["flow"] + c.fast_weight * parts["fast"] + c.lm_weight * parts["lm"]
         for name in ("vision", "refer", "where", "ground", "keypoint"):
             total = total + getattr(c, f"{name}_weight") * parts.get(name, zero)
+        if batch.expert_only:  # the backbone's losses were not computed: not reported as 0
+            parts = {k: v for k, v in parts.items() if k in ("flow", "keypoint")}
         if not total.requires_grad:  # a batch with nothing to learn still supports backward()
             total = total + 0.0 * next(self.expert.parameters()).sum()
         return LossOutput(total, parts)

@@ -37,6 +37,25 @@ def test_insulated_flow_loss_gives_exactly_zero_backbone_gradient(builder, confi
     assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("expert."))
 
 
+@pytest.mark.parametrize("recipe", ["ki", "naive"])
+def test_expert_only_batch_reports_and_trains_the_expert_losses(builder, config, recipe):
+    """An expert step (`KIBatch.expert_only`): the flow loss alone, equal to the full step's; an
+    insulated backbone runs without a graph (no gradient at all), an uninsulated one still learns."""
+    policy = make_policy(config, recipe)
+    batch = mixed_batch(builder)
+    full = policy(batch, generator=torch.Generator().manual_seed(0))
+    batch.expert_only = True
+    out = policy(batch, generator=torch.Generator().manual_seed(0))
+    assert set(out.parts) == {"flow"} and torch.allclose(out.parts["flow"], full.parts["flow"])
+    grads = grads_of(policy, out.total)
+    backbone = [g for n, g in grads.items() if n.startswith("backbone.")]
+    if recipe == "ki":
+        assert all(g is None for g in backbone)
+    else:
+        assert any(g is not None and g.abs().sum() > 0 for g in backbone)
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("expert."))
+
+
 def test_uninsulated_flow_loss_reaches_every_backbone_layer(builder, config):
     policy = make_policy(config, "naive")
     out = policy(mixed_batch(builder), generator=torch.Generator().manual_seed(0))

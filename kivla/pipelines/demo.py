@@ -44,10 +44,13 @@ class DemoConfig:
     pretrain_batch: int = 32
     pretrain_lr: float = 2e-3
     stem_steps: int = WORLD_STEM_STEPS  # the image stem trained alone first (kivla.train.stem)
-    train_steps: int = 1200  # ki steps (docs/learning.md, fifteenth round: 1,200 of the long run beat 900)
+    # ki steps, the backbone's losses on every 4th (docs/learning.md, sixteenth round: the expert's
+    # steps between cost a third of a full step and lift the policy)
+    train_steps: int = 2200
     train_batch: int = 32
     lr: float = 1e-3
     perception: str = "goal_point"  # a name in kivla.model.presets.PERCEPTIONS
+    backbone_every: int = 4  # RunConfig.backbone_every: the backbone's losses every N-th ki step
     precision: str = "auto"
     eval_episodes: int = 48  # per split (train, ood), spread over the task families
     language_questions: int = 300
@@ -98,7 +101,8 @@ def run_demo_pipeline(out: str | Path, config: DemoConfig | None = None) -> Path
                         keep_last=1, seed=config.seed, precision=config.precision,
                         log_every=max(1, config.train_steps // 50))  # fmt: skip
     run = RunConfig(recipe="ki", data=data, out=out / "ki", init=pretrained, size=config.size,
-                    perception=config.perception, train=train)  # fmt: skip
+                    perception=config.perception, backbone_every=config.backbone_every,
+                    train=train)  # fmt: skip
     with stages.stage("fit FAST and co-train the ki recipe"):
         ki = trained(run.out, train.steps, lambda: train_policy(run).checkpoints[-1])
 

@@ -87,6 +87,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--warmup-steps", type=int)
     train.add_argument("--grad-clip", type=float)
     train.add_argument("--backbone-lr-scale", type=float, help="the backbone's lr relative to --lr")
+    train.add_argument(
+        "--backbone-every", type=int, metavar="N",
+        help="the backbone's losses every N-th step; the steps between train the expert alone on robot "
+        "examples (default 1: every step)",
+    )  # fmt: skip
     train.add_argument("--ema-decay", type=float, help="0 turns EMA off")
     train.add_argument("--precision", choices=("auto", "fp32", "bf16"))
     train.add_argument("--compile", action="store_true", default=None, help="torch.compile the policy")
@@ -127,7 +132,7 @@ def build_run_config(args: argparse.Namespace):
         train["ema_decay"] = args.ema_decay or None
     run = {}
     for name in ("recipe", "data", "init", "size", "backbone", "vision", "horizon", "discrete_target",
-                 "perception"):  # fmt: skip
+                 "perception", "backbone_every"):  # fmt: skip
         if getattr(args, name) is not None:
             run[name] = getattr(args, name)
     if args.tokenizer is not None:

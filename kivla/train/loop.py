@@ -220,9 +220,13 @@ class Trainer:
         history: list[dict[str, float]] = []
         checkpoint = None
         tick, tick_step = time.perf_counter(), self.step
+        interval: dict[str, list[float]] = {}  # losses and gradient norms since the last log
         try:
             while self.step < end:
                 record = self.train_step()
+                for key, value in record.items() if not record["nonfinite"] else ():
+                    if key in ("loss", "grad_norm") or key.startswith("loss/"):
+                        interval.setdefault(key, []).append(value)
                 logger.advance()
                 if record["nonfinite"]:
                     logger.log(self.step, {"nonfinite_step": 1.0, "skipped_steps": float(self.skipped)})
@@ -233,6 +237,10 @@ class Trainer:
                         )
                 if self.step % cfg.log_every == 0 or self.step == end:
                     now = time.perf_counter()
+                    # Losses as their mean over the interval's steps that computed them (a step
+                    # may leave some out: RunConfig.backbone_every).
+                    record = {**record, **{k: sum(v) / len(v) for k, v in interval.items()}}
+                    interval = {}
                     record = self.ctx.mean(record)
                     record["steps_per_s"] = (self.step - tick_step) / max(now - tick, 1e-9)
                     tick, tick_step = now, self.step

@@ -51,9 +51,27 @@ class MixtureBatches:
     """
 
     def __init__(self, builder: BatchBuilder, sampler: MixtureSampler, seed: int, flow_samples: int = 1,
-                 grad_accum: int = 1) -> None:  # fmt: skip
+                 grad_accum: int = 1, backbone_every: int = 1) -> None:  # fmt: skip
+        """`backbone_every` N > 1: only every N-th step (0, N, 2N, ...) draws the mixture; the steps
+        between are expert steps: robot examples only, `KIBatch.expert_only`."""
+        if backbone_every < 1:
+            raise ValueError(f"backbone_every: expected >= 1, got {backbone_every}")
+        if backbone_every > 1 and sampler.robot is None:
+            raise ValueError("backbone_every: expert steps need robot data (the mixture has none)")
         self.builder, self.sampler, self.seed = builder, sampler, seed
         self.flow_samples, self.grad_accum = flow_samples, grad_accum
+        self.backbone_every = backbone_every
+
+    def expert_step(self, step: int) -> bool:
+        return step % self.backbone_every != 0
+
+    def _source(self, step: int, rng: np.random.Generator) -> str:
+        return "robot" if self.expert_step(step) else self.sampler.draw_source(rng)
+
+    def _draw(self, step: int, rng: np.random.Generator):
+        if self.expert_step(step):
+            return self.sampler.robot_example(int(rng.integers(len(self.sampler.robot))))
+        return self.sampler.draw(rng)
 
     def _rng(self, step: int, micro: int, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, step, micro, index])
@@ -61,7 +79,7 @@ class MixtureBatches:
     def loss_denominator(self, step: int, world_size: int, n: int) -> dict[str, float]:
         """Examples carrying each loss in the whole global batch, per shard (rank x micro-step)."""
         sources = [
-            self.sampler.draw_source(self._rng(step, micro, i))
+            self._source(step, self._rng(step, micro, i))
             for micro in range(self.grad_accum)
             for i in range(world_size * n)
         ]
@@ -81,11 +99,12 @@ class MixtureBatches:
         h, d = self.builder.horizon, self.builder.action_dim
         for j in range(n):
             rng = self._rng(step, micro, rank * n + j)
-            examples.append(self.sampler.draw(rng))
+            examples.append(self._draw(step, rng))
             noise.append(rng.standard_normal((self.flow_samples, h, d), dtype=np.float32))
             times.append(rng.random(self.flow_samples))
         batch = self.builder.collate(examples)
         batch.flow_noise = torch.from_numpy(np.stack(noise))  # [B, k, H, D]
         batch.flow_time = flow.time_from_uniform(torch.from_numpy(np.stack(times))).float()  # [B, k]
         batch.loss_denominator = self.loss_denominator(step, world_size, n)
+        batch.expert_only = self.expert_step(step)
         return batch

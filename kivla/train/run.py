@@ -94,6 +94,10 @@ class RunConfig:
     policy_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"fast_weight": 0.5}
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # N > 1: the backbone's losses (FAST, language, dense vision) on every N-th step only; the steps
+    # between draw robot examples and train the expert alone (flow, keypoints), which costs an
+    # insulated recipe a forward pass of the backbone without a graph (docs/learning.md).
+    backbone_every: int = 1
 
     def __post_init__(self) -> None:
         RECIPES.get(self.recipe, "RunConfig.recipe")
@@ -102,12 +106,21 @@ class RunConfig:
         _check_backbone("RunConfig", self.backbone, self.vision)
         if self.horizon < 1:
             raise ValueError(f"RunConfig.horizon: expected >= 1, got {self.horizon}")
+        if self.backbone_every < 1:
+            raise ValueError(f"RunConfig.backbone_every: expected >= 1, got {self.backbone_every}")
         if self.tokenizer_fit_chunks < 1:
             raise ValueError(
                 f"RunConfig.tokenizer_fit_chunks: expected >= 1, got {self.tokenizer_fit_chunks}"
             )
         if not isinstance(self.train, TrainConfig):
             raise ValueError(f"RunConfig.train: expected a TrainConfig, got {type(self.train).__name__}")
+        if self.backbone_every > 1 and self.train.strategy == "fsdp":
+            # Under FSDP a parameter with no gradient on this step is not guaranteed to be left
+            # untouched by the optimizer; DDP leaves it as one process does (run_distributed_test).
+            raise ValueError(
+                "RunConfig.backbone_every: expert steps are supported with strategy ddp only, got fsdp; "
+                "use --strategy ddp or --backbone-every 1"
+            )
         if self.mixture.robot > 0 and self.data is None:
             raise ValueError("RunConfig.data: a LeRobot dataset directory is required when mixture.robot > 0")
 
@@ -306,7 +319,7 @@ def build_policy(config: RunConfig, resume: bool = False) -> tuple[PolicyBundle,
     sampler = MixtureSampler(dataset, config.mixture.weights(), config.train.seed, normalizer,
                              config.mixture.exclude_question_types, image_size)  # fmt: skip
     batches = MixtureBatches(builder, sampler, config.train.seed, policy_cfg.flow_samples_per_example,
-                             config.train.grad_accum)  # fmt: skip
+                             config.train.grad_accum, config.backbone_every)  # fmt: skip
     return bundle, batches
 
 

@@ -131,6 +131,33 @@ def test_goal_point_perception_trains_its_goal_and_acts(dataset, pretrained, tmp
     assert np.isfinite(bundle.act(obs)).all()
 
 
+def test_backbone_every_trains_the_backbone_on_its_steps_only(dataset, pretrained, tmp_path):
+    """`backbone_every=2`: steps 0 and 2 draw the mixture and train everything; steps 1 and 3 draw
+    robot examples only and leave the backbone's weights exactly as they were."""
+    train = TrainConfig(steps=4, batch_size=4, warmup_steps=1, log_every=1, save_every=1, keep_last=5,
+                        ema_decay=None)  # fmt: skip
+    config = run_config(dataset, tmp_path / "every", init=pretrained, perception="goal_point",
+                        backbone_every=2, train=train)  # fmt: skip
+    _, batches = build_policy(config)
+    mixed, expert = batches(0, 0, 0, 1, 8), batches(1, 0, 0, 1, 8)
+    assert not mixed.expert_only and expert.expert_only and expert.loss_mask["flow"].all()
+    assert expert.loss_denominator["flow"] == 8 and expert.loss_denominator["lm"] == 0
+    out = train_policy(config, progress=False)
+    assert ["loss/fast" in r for r in out.history] == [True, False, True, False]
+    assert all(r["loss/flow"] > 0 and r["loss/keypoint"] > 0 for r in out.history)
+    weights = [PolicyBundle.load(c, weights="model").policy.state_dict() for c in out.checkpoints]
+
+    def moved(a: int, b: int, prefix: str) -> bool:
+        return any(not torch.equal(weights[a][k], weights[b][k]) for k in weights[a] if k.startswith(prefix))
+
+    assert not moved(0, 1, "backbone.") and moved(1, 2, "backbone.")  # checkpoints after steps 1..4
+    assert moved(0, 1, "expert.") and moved(1, 2, "expert.")
+    with pytest.raises(ValueError, match=r"RunConfig\.backbone_every"):
+        run_config(dataset, tmp_path / "bad", backbone_every=0)
+    with pytest.raises(ValueError, match=r"RunConfig\.backbone_every: .* ddp only"):
+        run_config(dataset, tmp_path / "bad", backbone_every=2, train=TrainConfig(strategy="fsdp"))
+
+
 def test_pretraining_can_start_with_the_stem_trained_alone(tmp_path):
     """`stem_steps`: the image stem learns the world's object labels first; its result is in run.json
     and the checkpoint starts language pretraining from that stem."""
