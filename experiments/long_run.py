@@ -28,11 +28,11 @@ from kivla.model.bundle import PolicyBundle
 from kivla.pipelines.stages import finished_run
 from kivla.train.checkpoint import list_checkpoints
 from kivla.train.config import TrainConfig
+from kivla.train.metrics import read_metrics
 from kivla.train.run import RunConfig, train_policy
 
 
-def closed_loop(checkpoint: Path, episodes: int, out: Path) -> dict:
-    bundle = PolicyBundle.load(checkpoint)
+def closed_loop(bundle: PolicyBundle, episodes: int, out: Path) -> dict:
     config = EvalConfig(episodes=episodes, image_size=bundle.builder.image_size, videos=0)
     return evaluate(BundlePolicy(bundle, seed=0), config, out).summary()
 
@@ -68,8 +68,8 @@ def main() -> None:
     curve = []
     for checkpoint in checkpoints:
         start = time.time()
-        summary = closed_loop(checkpoint, args.episodes, args.out / "eval" / checkpoint.name)
         bundle = PolicyBundle.load(checkpoint)
+        summary = closed_loop(bundle, args.episodes, args.out / "eval" / checkpoint.name)
         mse = flow_validation(bundle, args.val, ValidationConfig(num_frames=256))["mse"]
         step = int(checkpoint.name.removeprefix("step_"))
         curve.append({"step": step, "flow_validation_mse": mse, "eval_s": round(time.time() - start),
@@ -77,8 +77,8 @@ def main() -> None:
         ind, ood = summary["train"], summary["ood"]
         print(f"step {step}: ID {ind['success_rate']:.1%} OOD {ood['success_rate']:.1%} follow "
               f"{ind['follow_rate']:.0%} / {ood['follow_rate']:.0%} flow val {mse:.3f}")  # fmt: skip
-    final = closed_loop(checkpoints[-1], args.final_episodes, args.out / "eval" / "final")
-    history = [json.loads(line) for line in (args.out / "metrics.jsonl").read_text().splitlines()]
+    final = closed_loop(bundle, args.final_episodes, args.out / "eval" / "final")
+    history = read_metrics(args.out / "metrics.jsonl")
     result = {
         "what": f"ki with the {args.perception} perception from {args.init}, {args.steps} steps at batch 32, "
         f"lr {args.lr}, the backbone's losses every {args.backbone_every} steps "

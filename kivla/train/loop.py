@@ -224,9 +224,10 @@ class Trainer:
         try:
             while self.step < end:
                 record = self.train_step()
-                for key, value in record.items() if not record["nonfinite"] else ():
-                    if key in ("loss", "grad_norm") or key.startswith("loss/"):
-                        interval.setdefault(key, []).append(value)
+                if not record["nonfinite"]:
+                    for key, value in record.items():
+                        if key in ("loss", "grad_norm") or key.startswith("loss/"):
+                            interval.setdefault(key, []).append(value)
                 logger.advance()
                 if record["nonfinite"]:
                     logger.log(self.step, {"nonfinite_step": 1.0, "skipped_steps": float(self.skipped)})
