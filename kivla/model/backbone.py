@@ -254,6 +254,9 @@ class TinyVLM(Backbone):
             object_logits = self.naming.object_logits(stem)
             looks = self.naming.looks(object_logits, ids, prefix_mask, image_mask)
             naming_bias = looks[0]
+            if self.naming.where_embed is not None:  # BackboneConfig.naming_where
+                where = self.naming.where(looks, ids, prefix_mask).to(x.dtype)  # [B, L, W]
+                x = torch.cat([x[:, :num_image], x[:, num_image:] + where], 1)
         rope = rope_tables(positions, self.head_dim, self.rope_theta, x.dtype)
         keys, values, attention = [], [], {}
         for i, layer in enumerate(self.layers):

@@ -72,6 +72,13 @@ class BackboneConfig:
     # word then looks at the objects it names from the first step. 0: off.
     naming_labels: int = 0
     naming_heads: int = 1
+    # With naming attention, each text token that looks also gets, added to its embedding, a
+    # learned linear map of where it looks: the (column, row) in [-1, 1] of the image grid averaged
+    # under the normalized probability of the classes it looks for. "circle" then carries the
+    # circle's position and the answer of "is the red circle left or right of the blue square?"
+    # the two objects' midpoint, so a spatial comparison is one subtraction in the residual stream
+    # rather than a route the answer loss must discover (docs/learning.md, seventeenth round).
+    naming_where: bool = False
     # Start of the learned image position embedding: "random" (normal, std 0.02) or "sincos"
     # (2D sine-cosine of the token's column and row, MAE's embedding with base 100, at the same
     # RMS), so that where a token lies is in its features from the first step.
@@ -135,6 +142,8 @@ class BackboneConfig:
                 f"BackboneConfig.naming_heads: expected in [1, num_heads={self.num_heads}], "
                 f"got {self.naming_heads}"
             )
+        if self.naming_where and not self.naming_labels:
+            raise ValueError("BackboneConfig.naming_where: needs naming attention (naming_labels >= 2)")
         if self.naming_labels and self.kind != "tiny":
             raise ValueError(
                 f"BackboneConfig.naming_labels: only the tiny backbone has naming attention, "

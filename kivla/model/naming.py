@@ -15,6 +15,9 @@ FAST tokens) looks for the objects the prompt names, so "what color is the circl
 from the circle's token in one hop. The scale per layer is learned and starts at 1. The other
 heads, image queries and tokens that do not look are unchanged; so is the expert, which reads only
 the cache (its naming keypoints read the prompt's bias: `KIPolicy.prompt_naming`).
+
+With `naming_where`, a looking token's embedding also gets a learned linear map of where it looks
+(`where`): the grid position averaged under the looked-for classes' normalized probability.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from torch import Tensor, nn
 
 from kivla.model.config import BackboneConfig
 
+WHERE_SLOTS = 2  # names of the prompt whose positions an answer token holds (naming_where)
+
 
 class NamingAttention(nn.Module):
     def __init__(self, config: BackboneConfig) -> None:
@@ -33,6 +38,19 @@ class NamingAttention(nn.Module):
         self.num_image_tokens, self.vocab_size = config.num_image_tokens, config.vocab_size
         self.object_head = nn.Linear(config.width, config.naming_labels)
         self.scale = nn.Parameter(torch.ones(config.depth))
+        self.where_embed = self.where_slots = None
+        if config.naming_where:
+            grid = config.image_size // config.patch_size
+            self.where_embed = nn.Linear(2, config.width, bias=False)
+            # the answer's: where the prompt's first and second names look, each its own map
+            self.where_slots = nn.Linear(2 * WHERE_SLOTS, config.width, bias=False)
+            for layer in (self.where_embed, self.where_slots):  # ~ the token embeddings' RMS at |xy| ~ 0.5
+                nn.init.normal_(layer.weight, std=0.05)
+            steps = torch.linspace(-1.0, 1.0, grid)
+            rows, cols = torch.meshgrid(steps, steps, indexing="ij")
+            # [n, 2]: (column, row) of each image token, row-major as the stem orders them
+            xy = torch.stack([cols.flatten(), rows.flatten()], -1)
+            self.register_buffer("grid_xy", xy, persistent=False)
         # class_words[v, c]: vocabulary word v names label class c (`set_class_words`)
         self.register_buffer(
             "class_words", torch.zeros(config.vocab_size, config.naming_labels, dtype=torch.bool)
@@ -68,8 +86,17 @@ class NamingAttention(nn.Module):
         label words that end a name ("red circle", not "red"). The bias is the log of the
         probability of the looked-for classes at each image token, 0 where a token does not look;
         nothing looks in an example without an image."""
-        lp = prompt_mask.shape[1]
         probs = object_logits.float().softmax(-1)
+        classes, label, answer, _ = self.roles(ids, prompt_mask)
+        looks = (label | answer) & image_mask[:, None]
+        mass = torch.einsum("bnc,blc->bln", probs, classes.float())
+        return torch.where(looks[..., None], mass.clamp(min=1e-4).log(), 0.0), looks
+
+    def roles(self, ids: Tensor, prompt_mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """ids long [B, L] (prompt [B, Lp] then suffix) -> (the classes each token looks for
+        bool [B, L, C], label words bool [B, L], answer tokens bool [B, L], the prompt's name ends
+        bool [B, Lp]): the rule of `looks`."""
+        lp = prompt_mask.shape[1]
         words = self.class_words[ids]  # [B, L, C]
         label = words.any(-1)  # [B, L]
         previous = torch.cat([torch.zeros_like(words[:, :1]), words[:, :-1]], dim=1)
@@ -79,10 +106,25 @@ class NamingAttention(nn.Module):
         named = (classes[:, :lp] & ends_name[..., None]).any(1, keepdim=True)  # [B, 1, C]
         answer = ~label & named.any(-1)  # [B, L]
         answer[:, :lp] = False
-        classes = torch.where(answer[..., None], named, classes)
-        looks = (label | answer) & image_mask[:, None]
-        mass = torch.einsum("bnc,blc->bln", probs, classes.float())
-        return torch.where(looks[..., None], mass.clamp(min=1e-4).log(), 0.0), looks
+        return torch.where(answer[..., None], named, classes), label, answer, ends_name
+
+    def where(self, looks: tuple[Tensor, Tensor], ids: Tensor, prompt_mask: Tensor) -> Tensor:
+        """(bias [B, L, n], looks [B, L]) from `looks`, its ids and prompt mask -> the embedding
+        [B, L, W] of where each looking token looks (0 for the others). A label word: `where_embed`
+        of the (column, row) in [-1, 1] averaged under softmax(bias), the looked-for classes'
+        probability normalized over the image. An answer token: `where_slots` of that position for
+        the prompt's first and second names (zeros for a name the prompt lacks), so that "left or
+        right of" is a learned sign on a difference the answer holds from the first step."""
+        if self.where_embed is None or self.where_slots is None:
+            raise ValueError("NamingAttention.where: BackboneConfig.naming_where is off")
+        bias, looking = looks
+        _, label, answer, ends = self.roles(ids, prompt_mask)
+        xy = bias.float().softmax(-1) @ self.grid_xy  # [B, L, 2]
+        lp = prompt_mask.shape[1]
+        order = ends.long().cumsum(1) * ends  # [B, Lp]: 1 at the first name's end, 2 at the second's, ...
+        slots = torch.cat([((order == k + 1)[..., None] * xy[:, :lp]).sum(1) for k in range(WHERE_SLOTS)], -1)
+        own = self.where_embed(xy) * (label & looking)[..., None]
+        return own + self.where_slots(slots)[:, None] * (answer & looking)[..., None]
 
     def mask(self, mask: Tensor, looks: tuple[Tensor, Tensor], layer: int) -> Tensor:
         """The additive attention mask [B, 1, N, N] -> [B, heads, N, N] of layer `layer`: in the

@@ -109,6 +109,53 @@ def test_the_backbone_reads_the_named_object_through_a_naming_head(monkeypatch):
     assert out.object_logits.shape == (2, 4, 4)
 
 
+def test_a_looking_token_carries_where_it_looks():
+    config = BackboneConfig(vocab_size=8, width=16, depth=2, num_heads=2, num_kv_heads=1, head_dim=8,
+                            mlp_hidden=32, image_size=16, patch_size=8, naming_labels=4,
+                            naming_where=True)  # fmt: skip
+    naming = NamingAttention(config)
+    naming.set_class_words(CLASS_WORDS)
+    with torch.no_grad():
+        naming.where_embed.weight.copy_(torch.eye(16)[:, :2])  # features 0 / 1 = column / row
+        naming.where_slots.weight.copy_(torch.eye(16)[:, 2:6])  # features 2-5: the two names' (col, row)
+    # the 2x2 grid, row-major: red circle at (col 1, row 0), blue circle at (col 0, row 1)
+    ids = torch.tensor([[WORDS[w] for w in ("red", "circle", "the", "blue", "circle", "?", "the")]])
+    prompt = torch.ones(1, 6, dtype=torch.bool)
+    looks = naming.looks(_sure([0, 1, 2, 0]), ids, prompt, torch.tensor([True]))
+    where = naming.where(looks, ids, prompt)[0]
+    assert torch.allclose(where[1, :2], torch.tensor([1.0, -1.0]), atol=1e-3)  # "red circle": top right
+    assert torch.allclose(where[4, :2], torch.tensor([-1.0, 1.0]), atol=1e-3)  # "blue circle": bottom left
+    # the answer: both names' positions, in order
+    assert torch.allclose(where[6, :6], torch.tensor([0, 0, 1.0, -1.0, -1.0, 1.0]), atol=1e-3)
+    assert where[[2, 5]].abs().sum() == 0  # tokens that do not look
+    assert where[[1, 4], 2:].abs().sum() == 0 and where[6, :2].abs().sum() == 0
+    with pytest.raises(ValueError, match=r"BackboneConfig\.naming_where"):
+        BackboneConfig(naming_where=True)
+
+
+def test_the_backbone_adds_where_a_word_looks_to_its_embedding():
+    torch.manual_seed(0)
+    config = BackboneConfig(vocab_size=8, width=32, depth=2, num_heads=2, num_kv_heads=1, head_dim=16,
+                            mlp_hidden=64, image_size=16, patch_size=8, naming_labels=4,
+                            naming_where=True)  # fmt: skip
+    backbone = TinyVLM(config)
+    plain = TinyVLM(dataclasses.replace(config, naming_where=False))
+    unexpected = plain.load_state_dict(backbone.state_dict(), strict=False).unexpected_keys
+    assert unexpected == ["naming.where_embed.weight", "naming.where_slots.weight"]
+    for model in (backbone, plain):
+        model.naming.set_class_words(CLASS_WORDS)
+        model.naming.object_logits = lambda stem: _sure([0, 0, 0, 1])
+    ids = torch.tensor([[WORDS[w] for w in ("what", "red", "circle")]])
+    args = (torch.rand(1, 3, 16, 16), torch.tensor([True]), ids, torch.ones(1, 3, dtype=torch.bool),
+            torch.tensor([[WORDS["the"]]]), torch.ones(1, 1, dtype=torch.bool))  # fmt: skip
+    moved = backbone(*args).suffix_hidden
+    assert (moved - plain(*args).suffix_hidden).norm() > 1e-3 * moved.norm()
+    with torch.no_grad():
+        backbone.naming.where_embed.weight.zero_()
+        backbone.naming.where_slots.weight.zero_()
+    torch.testing.assert_close(backbone(*args).suffix_hidden, plain(*args).suffix_hidden)
+
+
 def _policy(config, builder, recipe="ki"):
     torch.manual_seed(0)
     backbone = dataclasses.replace(config.backbone, naming_labels=5)

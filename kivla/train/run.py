@@ -56,8 +56,10 @@ WORLD_VISION_LOSSES: dict[str, Any] = dict(
 # The built-in VLM's naming attention (kivla.model.naming, docs/learning.md thirteenth round): an
 # object head names the world's label classes at each image token, the words of a prompt look at
 # the objects they name and the answer at the objects the prompt names; image positions start as
-# 2D sine-cosines. And its stem is first trained alone on the world's object labels (33 s in the demo).
-WORLD_NAMING: dict[str, Any] = dict(naming_labels=NUM_LABELS, image_pos_init="sincos")
+# 2D sine-cosines; each looking word carries where it looks and the answer where the prompt's two
+# names look (naming_where, seventeenth round). And its stem is first trained alone on the world's
+# object labels (33 s in the demo).
+WORLD_NAMING: dict[str, Any] = dict(naming_labels=NUM_LABELS, image_pos_init="sincos", naming_where=True)
 WORLD_STEM_STEPS = 1500
 PRETRAIN_HORIZON = 50  # the expert's shape in a pretrained bundle (robot training replaces the expert)
 
