@@ -104,9 +104,10 @@ def _separated_points(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def label_words() -> list[tuple[str, ...]]:
-    """The words that name each label class (index = class): () for the table, (color, shape) for
-    an object, ("gripper",) for the end effector."""
-    objects = [(c, s) for c in COLOR_NAMES for s in SHAPES]
+    """The words that name each label class (index = class): () for the table, (color, shape,
+    the shape's plural) for an object ("how many circles are there?" names every circle), ("gripper",)
+    for the end effector. The vision loss's words readout reads the first two."""
+    objects = [(c, s, f"{s}s") for c in COLOR_NAMES for s in SHAPES]
     return [(), *objects, ("gripper",)]
 
 

@@ -248,15 +248,16 @@ class TinyVLM(Backbone):
         else:
             suffix_mask = prefix_valid[:, :0]
         mask = additive_mask(backbone_attention_mask(prefix_valid, suffix_mask), x.dtype)
-        object_logits = looks = naming_bias = None
+        object_logits = looks = naming_bias = near = None
         if self.naming is not None:
             ids = prefix_ids if x.shape[1] == num_prefix else torch.cat([prefix_ids, suffix_ids], dim=1)
             object_logits = self.naming.object_logits(stem)
             looks = self.naming.looks(object_logits, ids, prefix_mask, image_mask)
             naming_bias = looks[0]
             if self.naming.where_embed is not None:  # BackboneConfig.naming_where
-                where = self.naming.where(looks, ids, prefix_mask).to(x.dtype)  # [B, L, W]
-                x = torch.cat([x[:, :num_image], x[:, num_image:] + where], 1)
+                image, text, near = self.naming.where(object_logits, looks, ids, prefix_mask, image_mask)
+                image = x[:, :num_image] if image is None else x[:, :num_image] + image.to(x.dtype)
+                x = torch.cat([image, x[:, num_image:] + text.to(x.dtype)], 1)
         rope = rope_tables(positions, self.head_dim, self.rope_theta, x.dtype)
         keys, values, attention = [], [], {}
         for i, layer in enumerate(self.layers):
@@ -265,7 +266,7 @@ class TinyVLM(Backbone):
             last = i == len(self.layers) - 1
             queries_from = num_prefix if last else 0
             probs_from = num_image if i in text_attention_layers else None
-            layer_mask = mask if looks is None else self.naming.mask(mask, looks, i)
+            layer_mask = mask if looks is None else self.naming.mask(mask, looks, i, near)
             x, k, v, probs = layer(x, rope, layer_mask, queries_from, probs_from)
             if probs is not None:
                 attention[i] = probs

@@ -79,6 +79,18 @@ class BackboneConfig:
     # the two objects' midpoint, so a spatial comparison is one subtraction in the residual stream
     # rather than a route the answer loss must discover (docs/learning.md, seventeenth round).
     naming_where: bool = False
+    # With naming_where: each point also carries how many looked-for objects the image holds (the
+    # object head's probability summed over tokens, one token per object) and every suffix token
+    # how many objects it holds (count questions).
+    naming_count: bool = False
+    # With naming_where: each image token also gets its offset from where the prompt's first name
+    # looks, and the offset's squared length ("which object is nearest the gripper?").
+    naming_relative: bool = False
+    # With naming_where: in head `naming_heads` (the first after the naming heads), an answer
+    # token's scores on the image tokens get learned weights (from 0, per layer) of how much of an
+    # object the prompt does not name each token holds, and that times its squared distance from
+    # the first name: "which object is nearest the gripper?" as a learned score.
+    naming_near: bool = False
     # Start of the learned image position embedding: "random" (normal, std 0.02) or "sincos"
     # (2D sine-cosine of the token's column and row, MAE's embedding with base 100, at the same
     # RMS), so that where a token lies is in its features from the first step.
@@ -144,6 +156,14 @@ class BackboneConfig:
             )
         if self.naming_where and not self.naming_labels:
             raise ValueError("BackboneConfig.naming_where: needs naming attention (naming_labels >= 2)")
+        if self.naming_near and self.naming_heads >= self.num_heads:
+            raise ValueError(
+                f"BackboneConfig.naming_near: needs a head after the naming heads, got naming_heads="
+                f"{self.naming_heads} of num_heads={self.num_heads}"
+            )
+        for name in ("naming_count", "naming_relative", "naming_near"):
+            if getattr(self, name) and not self.naming_where:
+                raise ValueError(f"BackboneConfig.{name}: needs naming_where")
         if self.naming_labels and self.kind != "tiny":
             raise ValueError(
                 f"BackboneConfig.naming_labels: only the tiny backbone has naming attention, "

@@ -29,6 +29,13 @@ from torch import Tensor, nn
 from kivla.model.config import BackboneConfig
 
 WHERE_SLOTS = 2  # names of the prompt whose positions an answer token holds (naming_where)
+COUNT_BINS = 6  # naming_count: a count c as hat functions max(0, 1 - |c - k|), k = 0 .. 5
+
+
+def count_bins(count: Tensor) -> Tensor:
+    """float [...] -> [..., COUNT_BINS]: each whole number its own direction, fractions between."""
+    k = torch.arange(COUNT_BINS, dtype=count.dtype, device=count.device)
+    return (1 - (count[..., None] - k).abs()).clamp(min=0)
 
 
 class NamingAttention(nn.Module):
@@ -38,13 +45,25 @@ class NamingAttention(nn.Module):
         self.num_image_tokens, self.vocab_size = config.num_image_tokens, config.vocab_size
         self.object_head = nn.Linear(config.width, config.naming_labels)
         self.scale = nn.Parameter(torch.ones(config.depth))
-        self.where_embed = self.where_slots = None
+        self.where_embed = self.where_slots = self.where_scene = self.where_relative = None
+        self.count = config.naming_count
+        # naming_near: per layer, the weights of (other object, other object x squared distance from
+        # the first name) in the scores of answer tokens on image tokens in head `naming_heads`
+        self.near = nn.Parameter(torch.zeros(config.depth, 2)) if config.naming_near else None
         if config.naming_where:
             grid = config.image_size // config.patch_size
-            self.where_embed = nn.Linear(2, config.width, bias=False)
+            point = 2 + COUNT_BINS * self.count  # (column, row[, how many looked-for objects])
+            self.where_embed = nn.Linear(point, config.width, bias=False)
             # the answer's: where the prompt's first and second names look, each its own map
-            self.where_slots = nn.Linear(2 * WHERE_SLOTS, config.width, bias=False)
-            for layer in (self.where_embed, self.where_slots):  # ~ the token embeddings' RMS at |xy| ~ 0.5
+            self.where_slots = nn.Linear(point * WHERE_SLOTS, config.width, bias=False)
+            layers = [self.where_embed, self.where_slots]
+            if self.count:  # every suffix token of an image example: how many objects it holds
+                self.where_scene = nn.Linear(COUNT_BINS, config.width, bias=False)
+                layers.append(self.where_scene)
+            if config.naming_relative:  # image tokens: (dx, dy, dx² + dy²) from the first name
+                self.where_relative = nn.Linear(3, config.width, bias=False)
+                layers.append(self.where_relative)
+            for layer in layers:  # ~ the token embeddings' RMS at |xy| ~ 0.5
                 nn.init.normal_(layer.weight, std=0.05)
             steps = torch.linspace(-1.0, 1.0, grid)
             rows, cols = torch.meshgrid(steps, steps, indexing="ij")
@@ -108,31 +127,79 @@ class NamingAttention(nn.Module):
         answer[:, :lp] = False
         return torch.where(answer[..., None], named, classes), label, answer, ends_name
 
-    def where(self, looks: tuple[Tensor, Tensor], ids: Tensor, prompt_mask: Tensor) -> Tensor:
-        """(bias [B, L, n], looks [B, L]) from `looks`, its ids and prompt mask -> the embedding
-        [B, L, W] of where each looking token looks (0 for the others). A label word: `where_embed`
-        of the (column, row) in [-1, 1] averaged under softmax(bias), the looked-for classes'
-        probability normalized over the image. An answer token: `where_slots` of that position for
-        the prompt's first and second names (zeros for a name the prompt lacks), so that "left or
-        right of" is a learned sign on a difference the answer holds from the first step."""
+    def where(
+        self,
+        object_logits: Tensor,
+        looks: tuple[Tensor, Tensor],
+        ids: Tensor,
+        prompt_mask: Tensor,
+        image_mask: Tensor,
+    ) -> tuple[Tensor | None, Tensor, Tensor | None]:
+        """`looks`' inputs and output -> (what the image tokens get [B, n, W] or None, what the text
+        tokens get [B, L, W], 0 for tokens that do not look; the `near` features [B, L, n, 2] or None).
+
+        A label word gets `where_embed` of the (column, row) in [-1, 1] averaged under softmax(bias),
+        the looked-for classes' probability normalized over the image. An answer token gets
+        `where_slots` of that position for the prompt's first and second names (zeros for a name
+        the prompt lacks), so that "left or right of" is a learned sign on a difference the answer
+        holds from the first step. With `naming_count` each point also carries the looked-for
+        classes' probability summed over the image (as `count_bins`): how many such objects it
+        holds, since each object owns one token (`kivla.model.vision.object_tokens`); and every
+        suffix token of an example with an image gets `where_scene` of how many objects (and
+        gripper) it holds. With `naming_relative` every image token gets `where_relative` of its
+        offset from the prompt's first name and the offset's squared length ("nearest the
+        gripper"). With `naming_near` an answer token's features of each image token are how much
+        of an object the prompt does not name it holds, and that times its squared distance from
+        the first name: `mask` weighs them into head `naming_heads`'s scores with weights learned
+        per layer from 0, so "the object nearest the gripper" is a learned linear score."""
         if self.where_embed is None or self.where_slots is None:
             raise ValueError("NamingAttention.where: BackboneConfig.naming_where is off")
         bias, looking = looks
         _, label, answer, ends = self.roles(ids, prompt_mask)
-        xy = bias.float().softmax(-1) @ self.grid_xy  # [B, L, 2]
+        points = [bias.float().softmax(-1) @ self.grid_xy]  # [B, L, 2]
+        if self.count:
+            points.append(count_bins(bias.float().exp().sum(-1)) * looking[..., None])  # [B, L, bins]
+        point = torch.cat(points, -1)  # [B, L, 2 (+ bins)]
         lp = prompt_mask.shape[1]
         order = ends.long().cumsum(1) * ends  # [B, Lp]: 1 at the first name's end, 2 at the second's, ...
-        slots = torch.cat([((order == k + 1)[..., None] * xy[:, :lp]).sum(1) for k in range(WHERE_SLOTS)], -1)
-        own = self.where_embed(xy) * (label & looking)[..., None]
-        return own + self.where_slots(slots)[:, None] * (answer & looking)[..., None]
+        first = [(order == k + 1)[..., None].float() for k in range(WHERE_SLOTS)]  # [B, Lp, 1] each
+        slots = torch.cat([(f * point[:, :lp]).sum(1) for f in first], -1)  # [B, slots * point]
+        text = self.where_embed(point) * (label & looking)[..., None]
+        text = text + self.where_slots(slots)[:, None] * (answer & looking)[..., None]
+        if self.where_scene is not None:
+            held = (1 - object_logits.float().softmax(-1)[..., 0]).sum(-1)  # [B]: objects + gripper
+            suffix = torch.zeros_like(looking)
+            suffix[:, lp:] = image_mask[:, None]
+            text = text + self.where_scene(count_bins(held))[:, None] * suffix[..., None]
+        image = None
+        if self.where_relative is not None:
+            named = ends.any(1) & image_mask  # [B]
+            offset = self.grid_xy - (first[0] * point[:, :lp, :2]).sum(1)[:, None]  # [B, n, 2]
+            relative = torch.cat([offset, offset.square().sum(-1, keepdim=True)], -1)
+            image = self.where_relative(relative) * named[:, None, None]
+        near = None
+        if self.near is not None:
+            anchor = (first[0] * point[:, :lp, :2]).sum(1)  # [B, 2]: where the first name looks
+            distance = (self.grid_xy - anchor[:, None]).square().sum(-1)  # [B, n]
+            things = 1 - object_logits.float().softmax(-1)[..., 0]  # [B, n]: anything but the table
+            other = (things[:, None] - bias.float().exp()).clamp(min=0)  # [B, L, n]: not named
+            other = other * (answer & looking & ends.any(1, keepdim=True))[..., None]
+            near = torch.stack([other, other * distance[:, None]], -1)
+        return image, text, near
 
-    def mask(self, mask: Tensor, looks: tuple[Tensor, Tensor], layer: int) -> Tensor:
+    def mask(
+        self, mask: Tensor, looks: tuple[Tensor, Tensor], layer: int, near: Tensor | None = None
+    ) -> Tensor:
         """The additive attention mask [B, 1, N, N] -> [B, heads, N, N] of layer `layer`: in the
         first `naming_heads` heads, the text queries that look attend to the image tokens only,
-        their scores plus the bias times the layer's scale (`looks`: the output of `looks`)."""
+        their scores plus the bias times the layer's scale (`looks`: the output of `looks`); with
+        `near` (from `where`), head `naming_heads`'s text scores on the image tokens plus `near`
+        weighed by the layer's `near` weights."""
         bias, looking = looks
         n, h = self.num_image_tokens, self.naming_heads
         out = mask.expand(-1, self.num_heads, -1, -1).clone()
         out[:, :h, n:, :n] += (self.scale[layer] * bias[:, None]).to(mask.dtype)
+        if near is not None and self.near is not None:
+            out[:, h, n:, :n] += (near @ self.near[layer]).to(mask.dtype)
         out[:, :h, n:, n:] = out[:, :h, n:, n:].masked_fill(looking[:, None, :, None], float("-inf"))
         return out

@@ -122,7 +122,9 @@ def test_a_looking_token_carries_where_it_looks():
     ids = torch.tensor([[WORDS[w] for w in ("red", "circle", "the", "blue", "circle", "?", "the")]])
     prompt = torch.ones(1, 6, dtype=torch.bool)
     looks = naming.looks(_sure([0, 1, 2, 0]), ids, prompt, torch.tensor([True]))
-    where = naming.where(looks, ids, prompt)[0]
+    image, where, near = naming.where(_sure([0, 1, 2, 0]), looks, ids, prompt, torch.tensor([True]))
+    where = where[0]
+    assert image is None and near is None
     assert torch.allclose(where[1, :2], torch.tensor([1.0, -1.0]), atol=1e-3)  # "red circle": top right
     assert torch.allclose(where[4, :2], torch.tensor([-1.0, 1.0]), atol=1e-3)  # "blue circle": bottom left
     # the answer: both names' positions, in order
@@ -131,6 +133,64 @@ def test_a_looking_token_carries_where_it_looks():
     assert where[[1, 4], 2:].abs().sum() == 0 and where[6, :2].abs().sum() == 0
     with pytest.raises(ValueError, match=r"BackboneConfig\.naming_where"):
         BackboneConfig(naming_where=True)
+
+
+def test_where_counts_the_named_objects_and_offsets_the_image_from_the_first_name():
+    config = BackboneConfig(vocab_size=8, width=16, depth=2, num_heads=2, num_kv_heads=1, head_dim=8,
+                            mlp_hidden=32, image_size=16, patch_size=8, naming_labels=4,
+                            naming_where=True, naming_count=True, naming_relative=True)  # fmt: skip
+    naming = NamingAttention(config)
+    naming.set_class_words(CLASS_WORDS)
+    with torch.no_grad():
+        naming.where_embed.weight.zero_()
+        naming.where_embed.weight[2:8, 2:8].copy_(torch.eye(6))  # features 2-7: the count's bins
+        naming.where_slots.weight.zero_()
+        naming.where_slots.weight[2:8, 2:8].copy_(torch.eye(6))  # the first name's count bins
+        naming.where_scene.weight.zero_()
+        naming.where_scene.weight[8:14].copy_(torch.eye(6))
+        naming.where_relative.weight.copy_(torch.eye(16)[:, :3])
+    # two circles (tokens 1 and 2) and a red square (token 3): "circle ?" then the answer
+    logits = _sure([0, 1, 2, 3])
+    ids = torch.tensor([[WORDS["circle"], WORDS["?"], WORDS["the"]]])
+    prompt = torch.ones(1, 2, dtype=torch.bool)
+    looks = naming.looks(logits, ids, prompt, torch.tensor([True]))
+    image, text, _ = naming.where(logits, looks, ids, prompt, torch.tensor([True]))
+    two, three = torch.eye(6)[2], torch.eye(6)[3]
+    torch.testing.assert_close(text[0, 0, 2:8], two, atol=1e-3, rtol=0)  # "circle": two of them
+    torch.testing.assert_close(text[0, 2, 2:8], two, atol=1e-3, rtol=0)  # the answer's first slot too
+    torch.testing.assert_close(text[0, 2, 8:14], three, atol=1e-3, rtol=0)  # suffix: 3 objects
+    assert text[0, :2, 8:14].abs().sum() == 0
+    # image tokens: offset from the circles' mean position (0, 0), and its squared length
+    torch.testing.assert_close(image[0, :, :2], naming.grid_xy)
+    torch.testing.assert_close(image[0, :, 2], naming.grid_xy.square().sum(-1))
+    with pytest.raises(ValueError, match=r"BackboneConfig\.naming_count"):
+        BackboneConfig(naming_labels=4, naming_count=True)
+
+
+def test_near_scores_the_objects_the_prompt_does_not_name_by_their_distance_from_the_first_name():
+    config = BackboneConfig(vocab_size=8, width=16, depth=2, num_heads=2, num_kv_heads=1, head_dim=8,
+                            mlp_hidden=32, image_size=16, patch_size=8, naming_labels=4,
+                            naming_where=True, naming_near=True)  # fmt: skip
+    naming = NamingAttention(config)
+    naming.set_class_words(CLASS_WORDS)
+    # the 2x2 grid: the blue circle (token 0, named), a red circle (token 1), a red square (token 3)
+    logits = _sure([2, 1, 0, 3])
+    ids = torch.tensor([[WORDS[w] for w in ("blue", "circle", "?", "the")]])
+    prompt = torch.ones(1, 3, dtype=torch.bool)
+    looks = naming.looks(logits, ids, prompt, torch.tensor([True]))
+    _, _, near = naming.where(logits, looks, ids, prompt, torch.tensor([True]))
+    other, far = near[0, 3, :, 0], near[0, 3, :, 1]  # the answer token
+    torch.testing.assert_close(other, torch.tensor([0.0, 1.0, 0.0, 1.0]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(far, torch.tensor([0.0, 4.0, 0.0, 8.0]), atol=1e-2, rtol=0)  # from (-1, -1)
+    assert near[0, :3].abs().sum() == 0  # the prompt's tokens
+    with torch.no_grad():
+        naming.near[1] = torch.tensor([0.0, -1.0])
+    n = naming.num_image_tokens
+    masks = [naming.mask(torch.zeros(1, 1, n + 4, n + 4), looks, layer, near) for layer in (0, 1)]
+    assert masks[0][0, 1].abs().sum() == 0  # weights start at 0
+    torch.testing.assert_close(masks[1][0, 1, n + 3, :n], -far, atol=1e-2, rtol=0)  # head naming_heads
+    with pytest.raises(ValueError, match=r"BackboneConfig\.naming_near"):
+        dataclasses.replace(config, naming_heads=2)
 
 
 def test_the_backbone_adds_where_a_word_looks_to_its_embedding():

@@ -70,8 +70,11 @@ class KIPolicy(nn.Module):
             for i, names in enumerate(words):
                 ids = [token_id(w) for w in names][:2]
                 self.label_token_ids[i] = torch.tensor((ids + ids + [-1, -1])[:2] if ids else [-1, -1])
-        if self.config.backbone.naming_labels:
-            self.backbone.naming.set_class_words([[token_id(w) for w in names] for names in words])
+        if self.config.backbone.naming_labels:  # words past the first two only where the vocabulary has them
+            ids = [[token_id(w) for w in names] for names in words]
+            self.backbone.naming.set_class_words(
+                [[i for k, i in enumerate(row) if k < 2 or i is not None] for row in ids]
+            )
 
     @property
     def loss_names(self) -> tuple[str, ...]:

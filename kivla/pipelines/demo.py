@@ -45,8 +45,9 @@ class DemoConfig:
     pretrain_lr: float = 2e-3
     stem_steps: int = WORLD_STEM_STEPS  # the image stem trained alone first (kivla.train.stem)
     # ki steps, the backbone's losses on every 4th (docs/learning.md, sixteenth round: the expert's
-    # steps between cost a third of a full step and lift the policy)
-    train_steps: int = 2200
+    # steps between cost a third of a full step and lift the policy); 2,000 since the seventeenth
+    # round's backbone made pretraining and ki steps a little slower
+    train_steps: int = 2000
     train_batch: int = 32
     lr: float = 1e-3
     perception: str = "goal_point"  # a name in kivla.model.presets.PERCEPTIONS
