@@ -16,8 +16,11 @@ from the circle's token in one hop. The scale per layer is learned and starts at
 heads, image queries and tokens that do not look are unchanged; so is the expert, which reads only
 the cache (its naming keypoints read the prompt's bias: `KIPolicy.prompt_naming`).
 
-With `naming_where`, a looking token's embedding also gets a learned linear map of where it looks
-(`where`): the grid position averaged under the looked-for classes' normalized probability.
+With `naming_where` (docs/learning.md, seventeenth round), a looking token's embedding also gets a
+learned linear map of where it looks (`where`): the grid position averaged under the looked-for
+classes' normalized probability; an answer token gets where the prompt's first and second names
+look. `naming_count` adds how many looked-for objects the image holds, `naming_relative` each image
+token's offset from the first name, `naming_near` a learned score of the objects near it.
 """
 
 from __future__ import annotations
@@ -166,22 +169,20 @@ class NamingAttention(nn.Module):
         slots = torch.cat([(f * point[:, :lp]).sum(1) for f in first], -1)  # [B, slots * point]
         text = self.where_embed(point) * (label & looking)[..., None]
         text = text + self.where_slots(slots)[:, None] * (answer & looking)[..., None]
+        things = 1 - object_logits.float().softmax(-1)[..., 0]  # [B, n]: anything but the table
         if self.where_scene is not None:
-            held = (1 - object_logits.float().softmax(-1)[..., 0]).sum(-1)  # [B]: objects + gripper
             suffix = torch.zeros_like(looking)
             suffix[:, lp:] = image_mask[:, None]
-            text = text + self.where_scene(count_bins(held))[:, None] * suffix[..., None]
+            text = text + self.where_scene(count_bins(things.sum(-1)))[:, None] * suffix[..., None]
+        offset = self.grid_xy - slots[:, None, :2]  # [B, n, 2]: from where the first name looks
         image = None
         if self.where_relative is not None:
             named = ends.any(1) & image_mask  # [B]
-            offset = self.grid_xy - (first[0] * point[:, :lp, :2]).sum(1)[:, None]  # [B, n, 2]
             relative = torch.cat([offset, offset.square().sum(-1, keepdim=True)], -1)
             image = self.where_relative(relative) * named[:, None, None]
         near = None
         if self.near is not None:
-            anchor = (first[0] * point[:, :lp, :2]).sum(1)  # [B, 2]: where the first name looks
-            distance = (self.grid_xy - anchor[:, None]).square().sum(-1)  # [B, n]
-            things = 1 - object_logits.float().softmax(-1)[..., 0]  # [B, n]: anything but the table
+            distance = offset.square().sum(-1)  # [B, n]
             other = (things[:, None] - bias.float().exp()).clamp(min=0)  # [B, L, n]: not named
             other = other * (answer & looking & ends.any(1, keepdim=True))[..., None]
             near = torch.stack([other, other * distance[:, None]], -1)
