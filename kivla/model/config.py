@@ -75,9 +75,10 @@ class BackboneConfig:
     # With naming attention, each text token that looks also gets, added to its embedding, a
     # learned linear map of where it looks: the (column, row) in [-1, 1] of the image grid averaged
     # under the normalized probability of the classes it looks for. "circle" then carries the
-    # circle's position and the answer of "is the red circle left or right of the blue square?"
-    # the two objects' midpoint, so a spatial comparison is one subtraction in the residual stream
-    # rather than a route the answer loss must discover (docs/learning.md, seventeenth round).
+    # circle's position, and an answer token gets (its own map of) the positions of the prompt's
+    # first and second names, so "is the red circle left or right of the blue square?" is a learned
+    # sign on a difference in the residual stream rather than a route the answer loss must
+    # discover (docs/learning.md, seventeenth round).
     naming_where: bool = False
     # With naming_where: each point also carries how many looked-for objects the image holds (the
     # object head's probability summed over tokens, one token per object) and every suffix token
