@@ -5,9 +5,14 @@ the place-on destination (`--slot1 destination`, the naming_keypoints perception
 on the task's goal point (`--slot1 goal`: the destination, the named corner's centre, the end of a
 push, the target for a reach; the goal_keypoints perception's). An expert with a goal point
 (ExpertConfig.goal_point) gets the task's goal point there as well. It bounds what better keypoints
-could give the same expert.
+could give the same expert. `--slots` replaces only some of the points (0: keypoint 0, 1: keypoint
+1, 2: the goal), to say which one's error costs the most episodes (eighteenth round); every run
+also prints how far the policy's own points lie from the true ones, per family (median, in the
+world's units: the table is 1 wide).
 
     python experiments/oracle_keypoints.py runs/demo/ki/checkpoints/step_00000900
+    python experiments/oracle_keypoints.py runs/demo/ki/checkpoints/step_00002000 --slots 0
+    python experiments/oracle_keypoints.py runs/demo/ki/checkpoints/step_00002000 --slots   # none
     python experiments/oracle_keypoints.py runs/exp/policy/fz_goal_900/checkpoints/step_00000900 --slot1 goal
 
 Prints the summary and appends one JSON line to runs/exp/oracle_keypoints.jsonl.
@@ -49,13 +54,15 @@ def true_keypoints(envs, slot1: str, with_goal: bool) -> tuple[torch.Tensor, tor
 
 
 class TrueKeypointPolicy(BundlePolicy):
-    """A bundle whose expert gets the envs' true keypoints 0 / 1 (`bind` gives it the envs)."""
+    """A bundle whose expert gets the envs' true keypoints 0 / 1 (and goal) in `slots` (`bind`
+    gives it the envs); `errors[(family, slot)]` collects how far its own points lie from them."""
 
-    def __init__(self, bundle, slot1: str, seed: int = 0) -> None:
+    def __init__(self, bundle, slot1: str, seed: int = 0, slots: tuple[int, ...] = (0, 1, 2)) -> None:
         super().__init__(bundle, seed=seed)
         if bundle.policy.expert.keypoints is None:
             raise ValueError("policy: has no keypoints to replace (ExpertConfig.keypoints is 0)")
-        self.slot1, self.envs = slot1, None
+        self.slot1, self.envs, self.slots = slot1, None, slots
+        self.errors: dict[tuple[str, int], list[float]] = {}
 
     def bind(self, env) -> None:
         self.envs = env.envs
@@ -63,10 +70,17 @@ class TrueKeypointPolicy(BundlePolicy):
     def act(self, obs):
         expert = self.bundle.policy.expert
         use, points = true_keypoints(self.envs, self.slot1, expert.goal is not None)
+        families = [env.task.family for env in self.envs]
         original = expert.context
 
         def context(cache, num_actions, dtype, forced=None):
-            return original(cache, num_actions, dtype, (use, points))
+            own = expert.points(cache)[:, : use.shape[1]].float()  # [B, F, 2] in [-1, 1]
+            error = (own - points).norm(dim=-1) / 2  # in the world's units
+            for i, k in use.nonzero().tolist():
+                self.errors.setdefault((families[i], k), []).append(float(error[i, k]))
+            keep = torch.zeros_like(use)
+            keep[:, [k for k in self.slots if k < use.shape[1]]] = True
+            return original(cache, num_actions, dtype, (use & keep, points))
 
         expert.context = context
         try:
@@ -81,16 +95,26 @@ def main() -> None:
     p.add_argument("--slot1", choices=("destination", "goal"), default="destination")
     p.add_argument("--episodes", type=int, default=48, help="per split")
     p.add_argument("--out", default="runs/exp/oracle_keypoints")
+    p.add_argument(
+        "--slots", type=int, nargs="*", default=[0, 1, 2],
+        help="points to replace: 0 keypoint 0, 1 keypoint 1, 2 the goal (none: its own)",
+    )  # fmt: skip
     args = p.parse_args()
     bundle = PolicyBundle.load(args.checkpoint)
     config = EvalConfig(episodes=args.episodes, image_size=bundle.builder.image_size, seed=0)
     name = Path(args.checkpoint).parent.parent.name
-    summary = evaluate(TrueKeypointPolicy(bundle, args.slot1), config, Path(args.out) / name).summary()
-    record = {"checkpoint": args.checkpoint, "slot1": args.slot1, "closed_loop": summary}
+    policy = TrueKeypointPolicy(bundle, args.slot1, slots=tuple(args.slots))
+    summary = evaluate(policy, config, Path(args.out) / name).summary()
+    errors = {
+        f"{family}/{k}": round(float(np.median(v)), 4) for (family, k), v in sorted(policy.errors.items())
+    }
+    record = {"checkpoint": args.checkpoint, "slot1": args.slot1, "slots": args.slots, "closed_loop": summary,
+              "own_point_error_median": errors}  # fmt: skip
     for split in config.splits:
         s = summary[split]
         families = {f: round(v["success_rate"], 3) for f, v in s["families"].items()}
         print(f"{split}: success {s['success_rate']:.1%} follow {s['follow_rate']:.1%} {families}")
+    print("own points' median error (family/slot):", errors)
     with open("runs/exp/oracle_keypoints.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
 

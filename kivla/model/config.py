@@ -217,6 +217,11 @@ class ExpertConfig:
     # keypoint is the softmax-weighted mean of (token centre + offset): positions finer than the
     # 8x8 grid (a reach must end within 0.05 of the object, a patch is 0.125 wide).
     keypoint_offsets: bool = False
+    # The backbone layer whose image values the offsets read (negative: from the last; None:
+    # keypoint_layer). Where in its patch an object lies is linear in the first layer's values
+    # (held-out error 0.014 against 0.045 from the third layer, docs/learning.md, eighteenth
+    # round): later layers mix the tokens and lose it.
+    keypoint_offset_layer: int | None = None
     # Keypoint scores also read the backbone's naming of the image tokens: the log-probability its
     # tied LM head gives each prompt word at each image token (at KIPolicyConfig.vision_layer, the
     # layer the "words" readout of pretraining trains), detached where the expert reads it, pooled
@@ -242,7 +247,9 @@ class ExpertConfig:
     goal_point: bool = False
     # The backbone layer whose prompt values the goal point reads (negative: from the last; None:
     # keypoint_layer). The first layer's taught it the corners faster offline, but not in closed
-    # loop (docs/learning.md, fourteenth round).
+    # loop (docs/learning.md, fourteenth round); once the keypoints were precise it did: in 2,000
+    # steps from the third layer the named corner's "top" / "bottom" is not learned (goal 0.31 from
+    # it), from the first it is (0.015; eighteenth round). The goal_point perception reads layer 0.
     goal_layer: int | None = None
 
     def __post_init__(self) -> None:
@@ -266,6 +273,8 @@ class ExpertConfig:
                 f"ExpertConfig.keypoint_input: expected 'token', 'norm' or 'state', "
                 f"got {self.keypoint_input!r}"
             )
+        if self.keypoint_offset_layer is not None and not self.keypoint_offsets:
+            raise ValueError("ExpertConfig.keypoint_offset_layer: needs keypoint_offsets=True")
         if self.keypoint_naming and self.keypoints == 0:
             raise ValueError("ExpertConfig.keypoint_naming: needs keypoints > 0, got keypoints=0")
         if self.keypoint_peak < -1:
@@ -344,6 +353,12 @@ class KIPolicyConfig:
     # object: the destination for place-on, the spot in the named corner, the end of a push, the
     # target itself for a reach. Frames without a goal keep the second object. Needs keypoint_weight.
     keypoint_goal: bool = False
+    # Every object's own token (the one holding its centre; the gripper's too) regresses the offset
+    # of that centre from the token's centre, a squared error in patch units averaged over them and
+    # added to the keypoint loss: the keypoints' offsets then learn from every object in every
+    # frame, not only through the two named ones' soft-argmax. Needs keypoint_weight > 0 and
+    # expert.keypoint_offsets.
+    keypoint_offset_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.backbone, BackboneConfig):
@@ -359,6 +374,7 @@ class KIPolicyConfig:
             "where_weight",
             "ground_weight",
             "keypoint_weight",
+            "keypoint_offset_weight",
         ):
             value = getattr(self, name)
             if not value >= 0:  # also rejects NaN
@@ -415,6 +431,14 @@ class KIPolicyConfig:
         if self.expert.goal_point and self.keypoint_weight == 0:
             raise ValueError(
                 "ExpertConfig.goal_point: needs KIPolicyConfig.keypoint_weight > 0 (the goal is supervised)"
+            )
+        if self.keypoint_offset_weight > 0 and (
+            self.keypoint_weight == 0 or not self.expert.keypoint_offsets
+        ):
+            raise ValueError(
+                "KIPolicyConfig.keypoint_offset_weight: needs keypoint_weight > 0 and "
+                f"expert.keypoint_offsets, got keypoint_weight={self.keypoint_weight}, "
+                f"keypoint_offsets={self.expert.keypoint_offsets}"
             )
         if self.keypoint_goal and self.keypoint_weight == 0:
             raise ValueError(

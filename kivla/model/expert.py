@@ -103,6 +103,10 @@ class ActionExpert(nn.Module):
                     f"image tokens; {type(backbone).__name__} has none (use keypoints=0)"
                 )
             _check_layer("keypoint_layer", c.keypoint_layer, backbone.num_layers)
+            self.offset_layer = (
+                c.keypoint_layer if c.keypoint_offset_layer is None else c.keypoint_offset_layer
+            )
+            _check_layer("keypoint_offset_layer", self.offset_layer, backbone.num_layers)
             value_dim = backbone.num_kv_heads * backbone.head_dim
             self.keypoints = SpatialKeypoints(c.keypoints, value_dim, backbone.image_grid,
                                               conditioned=c.keypoints_follow_prompt,
@@ -172,7 +176,10 @@ class ActionExpert(nn.Module):
         """The points the expert reads [B, K (+1), 2] in [-1, 1]: its keypoints, with the goal point
         (when it has one) third, after the target's and the second object's keypoints."""
         c = self.config
-        points = self.keypoints(cache.values[c.keypoint_layer], cache.valid, cache.image_naming)  # [B, K, 2]
+        values = cache.values
+        points = self.keypoints(
+            values[c.keypoint_layer], cache.valid, cache.image_naming, values[self.offset_layer]
+        )  # [B, K, 2]
         if self.goal is None:
             return points
         goal = self.goal(cache.values[self.goal_layer], cache.valid, points[:, :2]).to(points.dtype)  # [B, 2]

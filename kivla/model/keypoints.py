@@ -75,10 +75,14 @@ class SpatialKeypoints(nn.Module):
         ys, xs = torch.meshgrid(centres, centres, indexing="ij")  # row-major, as the image tokens
         self.register_buffer("coords", torch.stack([xs.flatten(), ys.flatten()], dim=-1), persistent=False)
 
-    def forward(self, values: Tensor, valid: Tensor, naming: Tensor | None = None) -> Tensor:
+    def forward(
+        self, values: Tensor, valid: Tensor, naming: Tensor | None = None, offset_values: Tensor | None = None
+    ) -> Tensor:
         """values [B, kv, Np, hd] (image tokens first), valid bool [B, Np] (and naming [B, n, Lp]
-        with `naming`) -> [B, K, 2]; examples without an image get keypoints at the centre (0, 0)."""
-        return self.points(self.local(self.weights(values, valid, naming)), self.offsets(values))
+        with `naming`; the offsets read `offset_values` of another layer when given, else `values`)
+        -> [B, K, 2]; examples without an image get keypoints at the centre (0, 0)."""
+        offsets = self.offsets(values if offset_values is None else offset_values)
+        return self.points(self.local(self.weights(values, valid, naming)), offsets)
 
     def set_peak(self, peak: int) -> None:
         """How keypoints 0 .. peaked-1 are read from now on: -1 the softmax mean, r >= 0 `local`."""

@@ -465,3 +465,57 @@ def test_a_bundle_sets_its_keypoint_reading_at_run_time(builder, config):
         bundle.set_keypoint_peak(-2)
     with pytest.raises(ValueError, match="keypoint_peak: the policy has no keypoints"):
         PolicyBundle(KIPolicy(recipe_config("ki", config)), builder).set_keypoint_peak(1)
+
+
+def _off_centre_robot(rng):
+    """A robot frame whose class-2 object lies a quarter patch right of and above its token's centre
+    (pixels 5-6 x 1-2 of the top-left 8 px patch) and class 4 a quarter patch left of and below
+    (pixels 9-10 x 13-14 of the bottom-right one); the instruction names 2 then 4."""
+    labels = np.zeros((16, 16), dtype=np.uint8)
+    labels[1:3, 5:7], labels[13:15, 9:11] = 2, 4
+    example = robot_example(rng)
+    return dataclasses.replace(example, image_labels=labels, image_refs=((2,), (4,)))
+
+
+def test_offset_loss_regresses_every_objects_offset_from_the_offset_layer(builder, config):
+    """keypoint_offset_weight: each object's own token regresses where in its patch the object's
+    centre lies, read from keypoint_offset_layer's values; the keypoints the expert gets read their
+    offsets there too, and only the offset head learns from it."""
+    expert = {"keypoint_offsets": True, "keypoint_offset_layer": 0}
+    policy_config = recipe_config("ki", with_keypoints(config, k=2), vision_labels=5, keypoint_weight=1.0,
+                                  keypoint_offset_weight=1.0, expert=expert)  # fmt: skip
+    torch.manual_seed(0)
+    policy = KIPolicy(policy_config)
+    assert policy.expert.offset_layer == 0
+    batch = builder.collate([_off_centre_robot(np.random.default_rng(i)) for i in range(4)])
+    rows = torch.arange(4)
+    keypoints = policy.expert.keypoints
+    cache = policy._encode(batch, with_suffix=False).cache
+    zero = keypoints.offsets(cache.values[0])
+    # Offsets start at zero: each of the two objects is (0.25, 0.25) patch from its token's centre.
+    assert torch.allclose(policy._offset_error(batch, rows, zero), torch.full((4,), 0.125))
+    policy.zero_grad(set_to_none=True)
+    policy(batch, generator=torch.Generator().manual_seed(0)).parts["keypoint"].backward()
+    assert all(p.grad is None for p in policy.backbone.parameters())
+    assert keypoints.offset.weight.grad.abs().sum() > 0
+    _fit_keypoint_loss(policy, batch, keypoints.offset.parameters(), steps=150, lr=0.03)
+    cache = policy._encode(batch, with_suffix=False).cache
+    offsets = keypoints.offsets(cache.values[0])  # [B, 4, 2] in [-1, 1]: a patch is 1 wide here
+    assert torch.allclose(offsets[:, 0], torch.tensor([0.25, -0.25]), atol=0.05)
+    assert torch.allclose(offsets[:, 3], torch.tensor([-0.25, 0.25]), atol=0.05)
+    points = policy.expert.points(cache)  # the expert's keypoints read the same offsets
+    expected = keypoints(cache.values[-1], cache.valid, None, cache.values[0])
+    assert torch.allclose(points, expected)
+    assert not torch.allclose(points, keypoints(cache.values[-1], cache.valid))
+
+
+def test_offset_settings_are_checked(config):
+    with pytest.raises(ValueError, match=r"ExpertConfig\.keypoint_offset_layer"):
+        dataclasses.replace(config.expert, keypoints=2, keypoint_offset_layer=0)
+    with pytest.raises(ValueError, match=r"KIPolicyConfig\.keypoint_offset_weight"):
+        recipe_config("ki", with_keypoints(config, k=2), vision_labels=5, keypoint_weight=1.0,
+                      keypoint_offset_weight=1.0)  # fmt: skip
+    with pytest.raises(ValueError, match=r"ExpertConfig\.keypoint_offset_layer"):
+        KIPolicy(recipe_config("ki", with_keypoints(config, k=2),
+                               expert={"keypoint_offsets": True,
+                                       "keypoint_offset_layer": config.backbone.depth}))  # fmt: skip

@@ -418,8 +418,8 @@ class KIPolicy(nn.Module):
         spatial softmax against the object's token plus the squared error of its coordinates
         against the object's centre (grid units in [-1, 1]), and with a goal point
         (ExpertConfig.goal_point) its squared error against the frame's goal; mean over the roles an
-        example has, then `_batch_mean`. Reads the K/V the expert reads, so it trains expert
-        parameters only."""
+        example has, plus `keypoint_offset_weight` times `_offset_error`, then `_batch_mean`. Reads
+        the K/V the expert reads, so it trains expert parameters only."""
         c = self.config
         rows = self._labelled_rows(batch, "keypoint").nonzero().flatten()
         keypoints = self.expert.keypoints
@@ -429,7 +429,8 @@ class KIPolicy(nn.Module):
         marked, centre = self._keypoint_targets(batch, rows)
         has = marked.any(-1)  # [B', 2]
         found = (weights * marked).sum(-1).clamp(min=1e-6)  # softmax mass on the object's token(s)
-        points = keypoints.points(weights, keypoints.offsets(values))  # [B', 2, 2]
+        offsets = keypoints.offsets(read.values[self.expert.offset_layer])  # [B', n, 2] or None
+        points = keypoints.points(weights, offsets)  # [B', 2, 2]
         error = (points - centre).pow(2).sum(-1)  # [B', 2]
         total, count = ((-found.log() + error) * has).sum(-1), has.sum(-1).float()
         true_goal, has_goal = self._goals(batch, rows)
@@ -438,7 +439,22 @@ class KIPolicy(nn.Module):
             goal = self.expert.goal(read.values[self.expert.goal_layer], read.valid, anchors)  # [B', 2]
             total = total + (goal - true_goal).pow(2).sum(-1) * has_goal
             count = count + has_goal
-        return self._batch_mean(batch, "keypoint", total / count.clamp(min=1))
+        per_example = total / count.clamp(min=1)  # [B']
+        if c.keypoint_offset_weight > 0:  # every object's own token: its offset to the object's centre
+            per_example = per_example + c.keypoint_offset_weight * self._offset_error(batch, rows, offsets)
+        return self._batch_mean(batch, "keypoint", per_example)
+
+    def _offset_error(self, batch: KIBatch, rows: Tensor, offsets: Tensor) -> Tensor:
+        """[B']: mean over each frame's labelled things (objects, gripper) of the squared error, in
+        patch units, of the offset its own token (the one holding its centre) regresses against that
+        centre (0 where a frame has none)."""
+        c = self.config
+        owners, centres = object_tokens(batch.image_labels[rows], c.vision_labels, c.backbone.patch_size)
+        grid = self.expert.keypoints.grid
+        own = owners > 0  # [B', n]: tokens holding the centre of an object (or of the gripper)
+        cells = self.expert.keypoints.coords * (grid / 2)  # [n, 2] token centres in token units
+        error = ((offsets.float() * (grid / 2) - (centres - cells)).pow(2).sum(-1) * own).sum(-1)
+        return error / own.sum(-1).clamp(min=1)
 
     def _forced_keypoints(
         self, batch: KIBatch, rows: Tensor, generator: torch.Generator | None

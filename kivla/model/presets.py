@@ -97,6 +97,9 @@ class Perception:
     goal_point: bool = False  # ExpertConfig.goal_point: a regressed goal after keypoints 0 / 1
     keypoint_gain: float = 1.0  # ExpertConfig.keypoint_gain
     keypoint_input: str = "token"  # ExpertConfig.keypoint_input
+    # ExpertConfig.keypoint_offset_layer, with KIPolicyConfig.keypoint_offset_weight 1 when set
+    offset_layer: int | None = None
+    goal_layer: int | None = None  # ExpertConfig.goal_layer
 
     def fields(self) -> dict[str, Any]:
         """The KIPolicyConfig overrides (with an `expert` dict) this perception sets."""
@@ -107,13 +110,16 @@ class Perception:
             fields.update(keypoint_weight=1.0, keypoint_teacher_forcing=1.0, vision_labels=20)
         if self.goal_keypoint:
             fields["keypoint_goal"] = True
+        if self.offset_layer is not None:
+            fields["keypoint_offset_weight"] = 1.0
         if self.keypoints:
             fields["expert"] = dict(
                 keypoints=self.keypoints, keypoint_layer=-2, keypoints_follow_prompt=True,
                 keypoint_offsets=True, keypoint_prompt_pool="attention",
                 keypoint_naming=self.keypoint_naming, keypoint_peak=self.keypoint_peak,
                 goal_point=self.goal_point, keypoint_gain=self.keypoint_gain,
-                keypoint_input=self.keypoint_input,
+                keypoint_input=self.keypoint_input, keypoint_offset_layer=self.offset_layer,
+                goal_layer=self.goal_layer,
             )  # fmt: skip
         return fields
 
@@ -145,9 +151,13 @@ PERCEPTIONS: Presets[Perception] = Presets("perception", [
     # and one more point, the goal, regressed from the prompt and keypoints 0 / 1 (GoalPoint) and
     # supervised on annotation.goal; the three points join the state's expert token, multiplied
     # by 4 (the spread of the quantile-normalized state), as a privileged state would give them.
+    # Eighteenth round: the keypoints' offsets read the first layer's values, where an object's
+    # place in its patch is still linear, and every object's own token regresses it
+    # (keypoint_offset_weight); the goal reads the first layer's prompt values, from which it
+    # learns the named corner's row in a run's steps (from the third layer's it did not).
     Perception("goal_point", state_input="token", keypoints=2, keypoint_naming=True,
                keypoint_supervision=True, naming_loss=True, keypoint_peak=1, goal_point=True,
-               keypoint_gain=4.0, keypoint_input="state"),
+               keypoint_gain=4.0, keypoint_input="state", offset_layer=0, goal_layer=0),
 ])  # fmt: skip
 
 

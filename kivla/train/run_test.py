@@ -124,6 +124,9 @@ def test_goal_point_perception_trains_its_goal_and_acts(dataset, pretrained, tmp
     policy = PolicyBundle.load(out.checkpoints[-1]).policy
     expert = policy.config.expert
     assert expert.goal_point and expert.keypoints == 2 and expert.keypoint_input == "state"
+    # Offsets and goal read the first layer; every object's offset is supervised (eighteenth round).
+    assert expert.keypoint_offset_layer == 0 and expert.goal_layer == 0
+    assert policy.config.keypoint_offset_weight == 1.0 and policy.expert.offset_layer == 0
     assert policy.expert.state_in.in_features == policy.config.expert.state_dim + 2 * 3
     bundle = PolicyBundle.load(out.checkpoints[-1])
     env = VectorEnv(WorldConfig(image_size=IMAGE), 2)
