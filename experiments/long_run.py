@@ -3,8 +3,12 @@ saved checkpoint evaluated in closed loop (48 episodes a split, the demo's evalu
 final one on 96 episodes a split, written to one JSON file and a PNG of the curves.
 
     make demo  # runs/demo/data, runs/demo/val, runs/demo/pretrain
-    python -u experiments/long_run.py --out runs/long/ki_gp_be4_8400 --steps 8400 --backbone-every 4 \
-        --save-every 2100 --json docs/results/long_run.json
+    kivla world generate --episodes 1200 --seed 0 --out runs/data1200
+    python -u experiments/long_run.py --out runs/long/ki_gp18_be4_5400_d1200 --data runs/data1200 \
+        --steps 5400 --backbone-every 4 --save-every 1800 --json docs/results/long_run_round18.json
+
+(the eighteenth round's run; the sixteenth's was the demo's 300 episodes, `--steps 8400
+--save-every 2100 --json docs/results/long_run.json`).
 
 Training and evaluation run one after the other (never side by side: two jobs on two cores halve
 each other's speed). A finished training is not run again (its final checkpoint exists).
