@@ -219,7 +219,7 @@ class ExpertConfig:
     keypoint_offsets: bool = False
     # The backbone layer whose image values the offsets read (negative: from the last; None:
     # keypoint_layer). Where in its patch an object lies is linear in the first layer's values
-    # (held-out error 0.014 against 0.045 from the third layer, docs/learning.md, eighteenth
+    # (held-out error 0.015 against 0.048 from the third layer, docs/learning.md, eighteenth
     # round): later layers mix the tokens and lose it.
     keypoint_offset_layer: int | None = None
     # Keypoint scores also read the backbone's naming of the image tokens: the log-probability its
