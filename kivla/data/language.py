@@ -20,6 +20,7 @@ from kivla.data.world_scene import COLOR_NAMES, SHAPES, Renderer, Scene, object_
 KINDS: tuple[str, ...] = ("caption", "vqa", "text")
 QUESTION_TYPES: tuple[str, ...] = ("color", "shape", "count", "left_right", "relation", "nearest")
 NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four")
+NEAREST_WORDS: tuple[str, ...] = ("nearest",)  # ask for the object nearest the first name
 MARGIN = 0.08  # minimum separation for a spatial question to have one exact answer
 
 CAPTION_PROMPTS = ("caption:", "describe the image.")

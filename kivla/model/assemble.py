@@ -64,9 +64,10 @@ def assemble_bundle(
     torch.manual_seed(seed)
     policy = KIPolicy(config)
     if config.vision_labels and (config.vision_readout == "words" or config.backbone.naming_labels):
-        from kivla.data.world_scene import label_words  # the world's label classes in words
+        from kivla.data.language import NEAREST_WORDS  # the world's words: "nearest"
+        from kivla.data.world_scene import label_words  # its label classes in words
 
-        policy.set_label_words(label_words(), builder.text.token_id)
+        policy.set_label_words(label_words(), builder.text.token_id, NEAREST_WORDS)
     if init is not None:
         state = init.policy.state_dict()
         policy.backbone.load_state_dict(

@@ -258,6 +258,8 @@ class TinyVLM(Backbone):
                 image, text, near = self.naming.where(object_logits, looks, ids, prefix_mask, image_mask)
                 image = x[:, :num_image] if image is None else x[:, :num_image] + image.to(x.dtype)
                 x = torch.cat([image, x[:, num_image:] + text.to(x.dtype)], 1)
+                if self.naming.near_words is not None:  # BackboneConfig.naming_nearest
+                    looks = self.naming.look_nearest(object_logits, looks, ids, prefix_mask)
         rope = rope_tables(positions, self.head_dim, self.rope_theta, x.dtype)
         keys, values, attention = [], [], {}
         for i, layer in enumerate(self.layers):

@@ -92,6 +92,12 @@ class BackboneConfig:
     # object the prompt does not name each token holds, and that times its squared distance from
     # the first name: "which object is nearest the gripper?" as a learned score.
     naming_near: bool = False
+    # With naming_where: in a prompt holding a word set by `NamingAttention.set_near_words`
+    # ("nearest"), the answer's tokens look, in the naming heads, at the object nearest the
+    # prompt's first name among those it does not name (a softmin of squared distances) instead of
+    # at the named ones: "which object is nearest the gripper?" read the way "what color is the
+    # circle?" is (docs/learning.md, nineteenth round).
+    naming_nearest: bool = False
     # Start of the learned image position embedding: "random" (normal, std 0.02) or "sincos"
     # (2D sine-cosine of the token's column and row, MAE's embedding with base 100, at the same
     # RMS), so that where a token lies is in its features from the first step.
@@ -162,7 +168,7 @@ class BackboneConfig:
                 f"BackboneConfig.naming_near: needs a head after the naming heads, got naming_heads="
                 f"{self.naming_heads} of num_heads={self.num_heads}"
             )
-        for name in ("naming_count", "naming_relative", "naming_near"):
+        for name in ("naming_count", "naming_relative", "naming_near", "naming_nearest"):
             if getattr(self, name) and not self.naming_where:
                 raise ValueError(f"BackboneConfig.{name}: needs naming_where")
         if self.naming_labels and self.kind != "tiny":

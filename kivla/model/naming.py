@@ -21,9 +21,13 @@ learned linear map of where it looks (`where`): the grid position averaged under
 classes' normalized probability; an answer token gets where the prompt's first and second names
 look. `naming_count` adds how many looked-for objects the image holds, `naming_relative` each image
 token's offset from the first name, `naming_near` a learned score of the objects near it.
+`naming_nearest` makes the answer of "which object is nearest the gripper?" look at that object
+(`look_nearest`).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +37,9 @@ from kivla.model.config import BackboneConfig
 
 WHERE_SLOTS = 2  # names of the prompt whose positions an answer token holds (naming_where)
 COUNT_BINS = 6  # naming_count: a count c as hat functions max(0, 1 - |c - k|), k = 0 .. 5
+# naming_nearest: the softmin's temperature on squared distances in [-1, 1] grid units (objects at
+# d² 0.1 and 0.2 from the first name differ by e^-2 in weight)
+NEAR_TEMPERATURE = 0.05
 
 
 def count_bins(count: Tensor) -> Tensor:
@@ -77,6 +84,9 @@ class NamingAttention(nn.Module):
         self.register_buffer(
             "class_words", torch.zeros(config.vocab_size, config.naming_labels, dtype=torch.bool)
         )
+        # naming_nearest: near_words[v], vocabulary word v asks for the object nearest the first name
+        near_words = torch.zeros(config.vocab_size, dtype=torch.bool) if config.naming_nearest else None
+        self.register_buffer("near_words", near_words)
 
     def set_class_words(self, class_word_ids: list[list[int]]) -> None:
         """The vocabulary ids of the words naming each label class (index = class; [] for none)."""
@@ -90,6 +100,16 @@ class NamingAttention(nn.Module):
                 if i is None or not 0 <= i < self.vocab_size:
                     raise ValueError(f"class words: id {i} of class {label} is outside the vocabulary")
                 self.class_words[i, label] = True
+
+    def set_near_words(self, ids: list[int]) -> None:
+        """The vocabulary ids of the words that ask for the object nearest the first name."""
+        if self.near_words is None:
+            raise ValueError("NamingAttention.set_near_words: BackboneConfig.naming_nearest is off")
+        bad = [i for i in ids if i is None or not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"near words: ids {bad} are outside the vocabulary of {self.vocab_size}")
+        self.near_words.zero_()
+        self.near_words[list(ids)] = True
 
     def object_logits(self, stem: Tensor) -> Tensor:
         """The stem's output [B, n, W] -> label-class logits [B, n, classes] (on the RMS-normed
@@ -187,6 +207,32 @@ class NamingAttention(nn.Module):
             other = other * (answer & looking & ends.any(1, keepdim=True))[..., None]
             near = torch.stack([other, other * distance[:, None]], -1)
         return image, text, near
+
+    def look_nearest(
+        self, object_logits: Tensor, looks: tuple[Tensor, Tensor], ids: Tensor, prompt_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """`looks` with the answer's tokens of prompts holding a near word looking at the object
+        nearest the prompt's first name among those the prompt does not name: their bias over the
+        image tokens [B, L, n] becomes the log of a softmin of squared distances (NEAR_TEMPERATURE)
+        over the tokens where the object head gives more than half a thing the prompt does not
+        name. Other tokens, prompts without a near word or without such an object keep theirs."""
+        if self.near_words is None:
+            raise ValueError("NamingAttention.look_nearest: BackboneConfig.naming_nearest is off")
+        bias, looking = looks
+        lp = prompt_mask.shape[1]
+        classes, _, answer, ends = self.roles(ids, prompt_mask)
+        first = ends & (ends.long().cumsum(1) == 1)  # [B, Lp]: the first name's end
+        points = bias[:, :lp].float().softmax(-1) @ self.grid_xy  # [B, Lp, 2]: where each word looks
+        where = (first[..., None].float() * points).sum(1)  # [B, 2]
+        probs = object_logits.float().softmax(-1)  # [B, n, C]
+        named = (classes[:, :lp] & ends[..., None]).any(1).float()  # [B, C]
+        things = 1 - probs[..., 0] - torch.einsum("bnc,bc->bn", probs, named)  # [B, n]: not named
+        unnamed = things > 0.5
+        score = -(self.grid_xy - where[:, None]).square().sum(-1) / NEAR_TEMPERATURE  # [B, n]
+        nearest = score.masked_fill(~unnamed, -1e4).log_softmax(-1).clamp(min=math.log(1e-4))
+        asks = (self.near_words[ids[:, :lp]] & prompt_mask).any(1) & first.any(1) & unnamed.any(1)  # [B]
+        rows = answer & looking & asks[:, None]  # [B, L]
+        return torch.where(rows[..., None], nearest[:, None].to(bias.dtype), bias), looking
 
     def mask(
         self, mask: Tensor, looks: tuple[Tensor, Tensor], layer: int, near: Tensor | None = None

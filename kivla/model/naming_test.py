@@ -193,6 +193,40 @@ def test_near_scores_the_objects_the_prompt_does_not_name_by_their_distance_from
         dataclasses.replace(config, naming_heads=2)
 
 
+def test_nearest_makes_the_answer_look_at_the_unnamed_object_nearest_the_first_name():
+    config = BackboneConfig(vocab_size=8, width=16, depth=2, num_heads=2, num_kv_heads=1, head_dim=8,
+                            mlp_hidden=32, image_size=16, patch_size=8, naming_labels=4,
+                            naming_where=True, naming_nearest=True)  # fmt: skip
+    naming = NamingAttention(config)
+    naming.set_class_words(CLASS_WORDS)
+    naming.set_near_words([7])  # "nearest"
+    prompt = torch.ones(1, 3, dtype=torch.bool)
+    image = torch.tensor([True])
+
+    def answer_looks(words: list[int], classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.tensor([words])
+        logits = _sure(classes)
+        looks = naming.looks(logits, ids, prompt, image)
+        return naming.look_nearest(logits, looks, ids, prompt)[0][0], looks[0][0]
+
+    # the 2x2 grid: the blue circle (named) at token 0 = (-1, -1); a red circle at token 2 = (-1, 1)
+    # is nearer than the red square at token 3 = (1, 1); token 1 is the table
+    nearest = [7, WORDS["blue"], WORDS["circle"], WORDS["the"]]  # "nearest blue circle" + the answer
+    bias, before = answer_looks(nearest, [2, 0, 1, 3])
+    assert bias[3].argmax() == 2 and bias[3, 2] > -1e-3 and (bias[3, [0, 1, 3]] < -9).all()
+    assert before[3].argmax() == 0  # without it the answer looks at the named blue circle
+    torch.testing.assert_close(bias[:3], before[:3])  # the prompt's words keep their looks
+    assert answer_looks(nearest, [2, 3, 0, 1])[0][3].argmax() == 1  # the square nearer: its token
+    plain = [WORDS["what"], WORDS["blue"], WORDS["circle"], WORDS["the"]]  # no near word: unchanged
+    torch.testing.assert_close(*answer_looks(plain, [2, 0, 1, 3]))
+    with pytest.raises(ValueError, match=r"BackboneConfig\.naming_nearest"):
+        BackboneConfig(naming_labels=4, naming_nearest=True)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        naming.set_near_words([8])
+    with pytest.raises(ValueError, match=r"naming_nearest is off"):
+        _naming().set_near_words([7])
+
+
 def test_the_backbone_adds_where_a_word_looks_to_its_embedding():
     torch.manual_seed(0)
     config = BackboneConfig(vocab_size=8, width=32, depth=2, num_heads=2, num_kv_heads=1, head_dim=16,

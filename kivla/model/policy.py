@@ -62,8 +62,11 @@ class KIPolicy(nn.Module):
         if config.freeze_backbone:
             self.backbone.requires_grad_(False)
 
-    def set_label_words(self, words: list[tuple[str, ...]], token_id) -> None:
-        """The words naming each vision label class (e.g. ("red", "circle")), as vocabulary ids."""
+    def set_label_words(
+        self, words: list[tuple[str, ...]], token_id, near_words: tuple[str, ...] = ()
+    ) -> None:
+        """The words naming each vision label class (e.g. ("red", "circle")), as vocabulary ids;
+        with naming_nearest, the words that ask for the object nearest the first name."""
         if len(words) != self.config.vision_labels:
             raise ValueError(f"label words: expected {self.config.vision_labels} classes, got {len(words)}")
         if hasattr(self, "label_token_ids"):
@@ -75,6 +78,8 @@ class KIPolicy(nn.Module):
             self.backbone.naming.set_class_words(
                 [[i for k, i in enumerate(row) if k < 2 or i is not None] for row in ids]
             )
+        if self.config.backbone.naming_nearest:
+            self.backbone.naming.set_near_words([token_id(w) for w in near_words])
 
     @property
     def loss_names(self) -> tuple[str, ...]:

@@ -59,11 +59,12 @@ WORLD_VISION_LOSSES: dict[str, Any] = dict(
 # 2D sine-cosines. Seventeenth round: each looking word carries where it looks and how many of what
 # it names the image holds, the answer the same of the prompt's two names, image tokens their offset
 # from the first name, and one head of the answer a learned score for objects near it
-# (naming_where / count / relative / near). Its stem is first trained alone on the world's object
+# (naming_where / count / relative / near); the answer of "which object is nearest the gripper?"
+# looks at that object (naming_nearest). Its stem is first trained alone on the world's object
 # labels (33 s in the demo).
 WORLD_NAMING: dict[str, Any] = dict(
     naming_labels=NUM_LABELS, image_pos_init="sincos", naming_where=True, naming_count=True,
-    naming_relative=True, naming_near=True,
+    naming_relative=True, naming_near=True, naming_nearest=True,
 )  # fmt: skip
 WORLD_STEM_STEPS = 1500
 PRETRAIN_HORIZON = 50  # the expert's shape in a pretrained bundle (robot training replaces the expert)

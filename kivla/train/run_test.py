@@ -59,6 +59,10 @@ def test_pretrained_backbone_is_the_starting_point(dataset, pretrained, tmp_path
     start = PolicyBundle.load(pretrained, weights="model").policy.backbone.state_dict()
     after = PolicyBundle.load(out.checkpoints[-1], weights="model").policy.backbone.state_dict()
     assert max((start[k].float() - after[k].float()).abs().max().item() for k in start) < 1e-5
+    # the world's language pretraining asks "nearest" by naming_nearest, and the policy keeps it
+    bundle = PolicyBundle.load(out.checkpoints[-1])
+    near = bundle.policy.backbone.naming.near_words
+    assert near.nonzero().flatten().tolist() == [bundle.builder.text.token_id("nearest")]
 
 
 def test_resume_is_bit_identical(dataset, tmp_path):
