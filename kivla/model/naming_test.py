@@ -18,10 +18,14 @@ WORDS = {"what": 0, "red": 1, "blue": 2, "circle": 3, "square": 4, "?": 5, "the"
 CLASS_WORDS = [[], [1, 3], [2, 3], [1, 4]]
 
 
+def _config(**flags) -> BackboneConfig:
+    """A test-sized config with naming attention (4 label classes) and `flags`."""
+    return BackboneConfig(vocab_size=8, width=16, depth=2, num_heads=2, num_kv_heads=1, head_dim=8,
+                          mlp_hidden=32, image_size=16, patch_size=8, naming_labels=4, **flags)  # fmt: skip
+
+
 def _naming(heads: int = 1) -> NamingAttention:
-    config = BackboneConfig(vocab_size=8, width=16, depth=2, num_heads=2, num_kv_heads=1, head_dim=8,
-                            mlp_hidden=32, image_size=16, patch_size=8, naming_labels=4,
-                            naming_heads=heads)  # fmt: skip
+    config = _config(naming_heads=heads)
     naming = NamingAttention(config)
     naming.set_class_words(CLASS_WORDS)
     return naming
@@ -110,9 +114,7 @@ def test_the_backbone_reads_the_named_object_through_a_naming_head(monkeypatch):
 
 
 def test_a_looking_token_carries_where_it_looks():
-    config = BackboneConfig(vocab_size=8, width=16, depth=2, num_heads=2, num_kv_heads=1, head_dim=8,
-                            mlp_hidden=32, image_size=16, patch_size=8, naming_labels=4,
-                            naming_where=True)  # fmt: skip
+    config = _config(naming_where=True)
     naming = NamingAttention(config)
     naming.set_class_words(CLASS_WORDS)
     with torch.no_grad():
@@ -136,9 +138,7 @@ def test_a_looking_token_carries_where_it_looks():
 
 
 def test_where_counts_the_named_objects_and_offsets_the_image_from_the_first_name():
-    config = BackboneConfig(vocab_size=8, width=16, depth=2, num_heads=2, num_kv_heads=1, head_dim=8,
-                            mlp_hidden=32, image_size=16, patch_size=8, naming_labels=4,
-                            naming_where=True, naming_count=True, naming_relative=True)  # fmt: skip
+    config = _config(naming_where=True, naming_count=True, naming_relative=True)
     naming = NamingAttention(config)
     naming.set_class_words(CLASS_WORDS)
     with torch.no_grad():
@@ -168,9 +168,7 @@ def test_where_counts_the_named_objects_and_offsets_the_image_from_the_first_nam
 
 
 def test_near_scores_the_objects_the_prompt_does_not_name_by_their_distance_from_the_first_name():
-    config = BackboneConfig(vocab_size=8, width=16, depth=2, num_heads=2, num_kv_heads=1, head_dim=8,
-                            mlp_hidden=32, image_size=16, patch_size=8, naming_labels=4,
-                            naming_where=True, naming_near=True)  # fmt: skip
+    config = _config(naming_where=True, naming_near=True)
     naming = NamingAttention(config)
     naming.set_class_words(CLASS_WORDS)
     # the 2x2 grid: the blue circle (token 0, named), a red circle (token 1), a red square (token 3)
@@ -194,9 +192,7 @@ def test_near_scores_the_objects_the_prompt_does_not_name_by_their_distance_from
 
 
 def test_nearest_makes_the_answer_look_at_the_unnamed_object_nearest_the_first_name():
-    config = BackboneConfig(vocab_size=8, width=16, depth=2, num_heads=2, num_kv_heads=1, head_dim=8,
-                            mlp_hidden=32, image_size=16, patch_size=8, naming_labels=4,
-                            naming_where=True, naming_nearest=True)  # fmt: skip
+    config = _config(naming_where=True, naming_nearest=True)
     naming = NamingAttention(config)
     naming.set_class_words(CLASS_WORDS)
     naming.set_near_words([7])  # "nearest"
