@@ -66,6 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     st.add_argument("--work", type=Path, default=Path("runs/study"), help="datasets, runs and caches")
     st.add_argument("--report", type=Path, default=Path("docs/results"), help="where the report goes")
     st.add_argument("--steps", type=int, help="override the budget's training steps")
+    st.add_argument("--flow-weights", type=float, nargs="+",
+                    help="language study: more naive and ki runs, flow loss weighted by each")  # fmt: skip
     st.set_defaults(func=run_study_command)
 
 
@@ -110,9 +112,12 @@ def run_study_command(args: argparse.Namespace) -> int:
 
         steps = {"steps": args.steps} if args.steps is not None else {}
         variants = {"recipes": tuple(args.variants)} if args.variants else {}
-        config = LanguageStudyConfig(work=args.work, report=args.report, **steps, **variants)
+        weights = {"flow_weights": tuple(args.flow_weights)} if args.flow_weights else {}
+        config = LanguageStudyConfig(work=args.work, report=args.report, **steps, **variants, **weights)
         print(run_language_study(config))
         return 0
+    if args.flow_weights:
+        raise ValueError("--flow-weights: only the language study sweeps the flow weight")
     budget = args.budget or ("quick" if args.quick else "full")
     overrides = {"steps": args.steps} if args.steps is not None else {}
     if args.steps is not None and args.steps < 1:

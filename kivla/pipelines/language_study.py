@@ -58,6 +58,10 @@ class LanguageStudyConfig:
     heldout_windows: int = 32  # 64-token windows of held-out docstrings for perplexity
     num_vqa: int = 40
     precision: str = "bf16"
+    # Extra runs of naive and ki (those of `recipes`), without real text, with the flow loss
+    # weighted by each of these (λ_flow; 1 in the runs above): where naive training starts to move
+    # the LM's English, and that ki's backbone does not see the flow loss at any weight.
+    flow_weights: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         for name in (
@@ -74,10 +78,25 @@ class LanguageStudyConfig:
         unknown = set(self.recipes) - set(RECIPES)
         if unknown:
             raise ValueError(f"LanguageStudyConfig.recipes: expected among {RECIPES}, got {sorted(unknown)}")
+        if any(not w > 0 for w in self.flow_weights):
+            raise ValueError(f"LanguageStudyConfig.flow_weights: expected each > 0, got {self.flow_weights}")
         if not 0 < self.text_ratio < LANGUAGE_SHARE:
             raise ValueError(
                 f"LanguageStudyConfig.text_ratio: expected in (0, {LANGUAGE_SHARE}), got {self.text_ratio}"
             )
+
+
+def study_runs(config: LanguageStudyConfig) -> list[tuple[str, str, bool, float]]:
+    """The study's runs in order: (name, recipe, with real text, flow weight). Every recipe with
+    and without real text at flow weight 1, then naive and ki without text at each extra weight
+    ("naive@flow10")."""
+    runs = [
+        (f"{recipe}{'+text' if text else ''}", recipe, text, 1.0)
+        for recipe in config.recipes
+        for text in (False, True)
+    ]
+    swept = [r for r in ("naive", "ki") if r in config.recipes]
+    return runs + [(f"{r}@flow{w:g}", r, False, float(w)) for w in config.flow_weights for r in swept]
 
 
 # -- real English text -----------------------------------------------------------------------------
@@ -120,6 +139,12 @@ class RealTextMixture:
 
     def __init__(self, sampler, texts: list[str]) -> None:
         self.sampler, self.texts = sampler, texts
+
+    def __getattr__(self, name: str):
+        """Everything else (the robot data, `robot_has_labels`, ...) is the wrapped sampler's."""
+        if name in ("sampler", "texts"):  # not yet set: no recursion
+            raise AttributeError(name)
+        return getattr(self.sampler, name)
 
     def draw_source(self, rng: np.random.Generator) -> str:
         return self.sampler.draw_source(rng)
@@ -180,6 +205,7 @@ def run_language_study(config: LanguageStudyConfig) -> Path:
     """Align (or reuse the aligned checkpoint), train every recipe with and without real text,
     measure, and write <report>/language_study.md and .json."""
     from kivla.data.world_dataset import generate_dataset
+    from kivla.io import write_json
     from kivla.model.bundle import PolicyBundle
     from kivla.train import run
     from kivla.train.config import TrainConfig
@@ -215,53 +241,58 @@ def run_language_study(config: LanguageStudyConfig) -> Path:
     results: dict[str, Any] = {"aligned": measure(reference, windows, config.num_vqa)}
     del reference
 
-    for recipe in config.recipes:
-        for with_text in (False, True):
-            name = f"{recipe}{'+text' if with_text else ''}"
-            t0 = time.time()
-            text = config.text_ratio if with_text else 0.0  # taken from the caption / VQA share
-            keep = 1 - text / LANGUAGE_SHARE
-            mixture = run.MixtureConfig(
-                robot=1 - LANGUAGE_SHARE, caption=0.1 * keep, vqa=0.2 * keep, text=text
-            )
-            train = TrainConfig(
-                steps=config.steps,
-                batch_size=config.batch_size,
-                lr=config.lr,
-                seed=config.seed,
-                warmup_steps=max(1, config.steps // 10),
-                save_every=config.steps,
-                keep_last=1,
-                ema_decay=None,
-                precision=config.precision,
-                log_every=1,
-            )
-            rc = run.RunConfig(
-                recipe=recipe,
-                data=data,
-                out=work / "runs" / name,
-                init=aligned,
-                horizon=config.horizon,
-                mixture=mixture,
-                train=train,
-                tokenizer_fit_chunks=500,
-            )
-            bundle, batches = run.build_policy(rc)
-            if with_text:
-                batches.sampler = RealTextMixture(batches.sampler, corpus["train"])
-            outcome = run._run_trainer(
-                bundle, batches, train, Path(rc.out), {"run": rc.to_dict()}, False, False, None
-            )
-            step_s = [1 / h["steps_per_s"] for h in outcome.history if h.get("steps_per_s")]
-            results[name] = {
-                **measure(bundle, windows, config.num_vqa),
-                "train_s": time.time() - t0,
-                "step_s": float(np.median(step_s)) if step_s else float("nan"),
-                "final_losses": {k: v for k, v in outcome.history[-1].items() if k.startswith("loss/")},
-            }
-            r = results[name]
-            _log(f"{name}: perplexity {r['perplexity']:.2f}, VQA {r['vqa_accuracy']:.3f}")
-            del bundle, batches
+    for name, recipe, with_text, flow_weight in study_runs(config):
+        out = work / "runs" / name
+        t0 = time.time()
+        text = config.text_ratio if with_text else 0.0  # taken from the caption / VQA share
+        keep = 1 - text / LANGUAGE_SHARE
+        mixture = run.MixtureConfig(robot=1 - LANGUAGE_SHARE, caption=0.1 * keep, vqa=0.2 * keep, text=text)
+        train = TrainConfig(
+            steps=config.steps,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            seed=config.seed,
+            warmup_steps=max(1, config.steps // 10),
+            save_every=config.steps,
+            keep_last=1,
+            ema_decay=None,
+            precision=config.precision,
+            log_every=1,
+        )
+        rc = run.RunConfig(
+            recipe=recipe,
+            data=data,
+            out=out,
+            init=aligned,
+            horizon=config.horizon,
+            mixture=mixture,
+            train=train,
+            tokenizer_fit_chunks=500,
+            policy_overrides={"flow_weight": flow_weight} if flow_weight != 1 else {},
+        )
+        key = json.loads(json.dumps({"run": rc.to_dict(), "text_ratio": text, "num_vqa": config.num_vqa,
+                                     "heldout_windows": config.heldout_windows}, default=str))  # fmt: skip
+        cached = out / "study_result.json"  # a finished run is measured once: rerunning resumes
+        if cached.is_file() and json.loads(cached.read_text()).get("key") == key:
+            results[name] = json.loads(cached.read_text())["result"]
+            _log(f"{name}: finished before, measured then")
+            continue
+        bundle, batches = run.build_policy(rc)
+        if with_text:
+            batches.sampler = RealTextMixture(batches.sampler, corpus["train"])
+        outcome = run._run_trainer(bundle, batches, train, out, {"run": rc.to_dict()}, False, False, None)
+        step_s = [1 / h["steps_per_s"] for h in outcome.history if h.get("steps_per_s")]
+        results[name] = {
+            **measure(bundle, windows, config.num_vqa),
+            "flow_weight": flow_weight,
+            "train_s": time.time() - t0,
+            "step_s": float(np.median(step_s)) if step_s else float("nan"),
+            "final_losses": {k: v for k, v in outcome.history[-1].items() if k.startswith("loss/")},
+        }
+        write_json(cached, {"key": key, "result": results[name]})
+        r = results[name]
+        _log(f"{name}: perplexity {r['perplexity']:.2f}, VQA {r['vqa_accuracy']:.3f}")
+        del bundle, batches
 
     meta = {
         "config": {k: str(v) for k, v in dataclasses.asdict(config).items()},
