@@ -273,8 +273,9 @@ def run_language_study(config: LanguageStudyConfig) -> Path:
         key = json.loads(json.dumps({"run": rc.to_dict(), "text_ratio": text, "num_vqa": config.num_vqa,
                                      "heldout_windows": config.heldout_windows}, default=str))  # fmt: skip
         cached = out / "study_result.json"  # a finished run is measured once: rerunning resumes
-        if cached.is_file() and json.loads(cached.read_text()).get("key") == key:
-            results[name] = json.loads(cached.read_text())["result"]
+        stored = json.loads(cached.read_text()) if cached.is_file() else {}
+        if stored.get("key") == key:
+            results[name] = stored["result"]
             _log(f"{name}: finished before, measured then")
             continue
         bundle, batches = run.build_policy(rc)
